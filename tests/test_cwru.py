@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import scipy.io
 
-from cwru_data import cwru_dir
 from edge_agent.datasets import load_cwru
 from edge_agent.datasets.cwru import CWRU_LABELS, CWRU_RECORDS
 from edge_agent.errors import DatasetError
@@ -24,8 +23,8 @@ def write_record(path: Path, number: str, signal: np.ndarray, rpm: int = 1797) -
 
 
 @pytest.mark.cwru
-def test_load_all_records():
-    recordings = load_cwru(cwru_dir())
+def test_load_all_records(cwru_dir):
+    recordings = load_cwru(cwru_dir)
 
     assert len(recordings) == 37
     assert {r.label for r in recordings} == set(CWRU_LABELS)
@@ -36,8 +35,8 @@ def test_load_all_records():
 
 
 @pytest.mark.cwru
-def test_normal_record_decimated_to_12khz():
-    (normal,) = load_cwru(cwru_dir(), labels=["normal"])
+def test_normal_record_decimated_to_12khz(cwru_dir):
+    (normal,) = load_cwru(cwru_dir, labels=["normal"])
 
     assert normal.record_id == "97"
     assert normal.load_hp == 0
@@ -46,8 +45,8 @@ def test_normal_record_decimated_to_12khz():
 
 
 @pytest.mark.cwru
-def test_filter_by_load_and_label():
-    recordings = load_cwru(cwru_dir(), loads=[3], labels=["inner_race_007", "ball_021"])
+def test_filter_by_load_and_label(cwru_dir):
+    recordings = load_cwru(cwru_dir, loads=[3], labels=["inner_race_007", "ball_021"])
 
     assert [(r.record_id, r.label, r.load_hp) for r in recordings] == [
         ("108", "inner_race_007", 3),
@@ -57,15 +56,15 @@ def test_filter_by_load_and_label():
 
 
 @pytest.mark.cwru
-def test_sha256_verification_passes():
-    recordings = load_cwru(cwru_dir(), loads=[1], labels=["ball_007"], verify_sha256=True)
+def test_sha256_verification_passes(cwru_dir):
+    recordings = load_cwru(cwru_dir, loads=[1], labels=["ball_007"], verify_sha256=True)
 
     assert [r.record_id for r in recordings] == ["119"]
 
 
 @pytest.mark.cwru
-def test_plain_folder_without_manifest(tmp_path):
-    source = cwru_dir() / "12k_drive_end"
+def test_plain_folder_without_manifest(cwru_dir, tmp_path):
+    source = cwru_dir / "12k_drive_end"
     shutil.copy(source / "105.mat", tmp_path / "12k_Drive_End_IR007_0_105.mat")
     (tmp_path / "nested").mkdir()
     shutil.copy(source / "97.mat", tmp_path / "nested" / "97.mat")
