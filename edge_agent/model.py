@@ -12,10 +12,12 @@ from torch import nn
 class EmbeddingNet(nn.Module):
     """A small 1-D CNN that maps a spectrum to an embedding vector.
 
-    Each block is Conv1d (same padding) -> BatchNorm1d -> ReLU -> MaxPool1d(pool), and the
-    last block is followed by global average pooling over frequency and a linear layer.
-    The global pooling makes the network accept any input length, but a checkpoint is
-    only valid for the window size it was trained on.
+    Each block is Conv1d (same padding) -> BatchNorm1d -> ReLU -> MaxPool1d(pool). The last
+    block is followed by adaptive average pooling to `pooled_length` frequency bands and a
+    linear layer. Keeping a few bands, rather than one global average, keeps the coarse
+    frequency position of spectral peaks, which is what separates fault types. The
+    adaptive pooling accepts any input length, but a checkpoint is only valid for the
+    window size it was trained on.
 
     Shapes: input (B, in_channels, n_bins) float32 -> output (B, embedding_dim).
     """
@@ -28,6 +30,7 @@ class EmbeddingNet(nn.Module):
         kernel_size: int = 7,
         pool: int = 4,
         embedding_dim: int = 64,
+        pooled_length: int = 8,
     ) -> None:
         super().__init__()
         if not channels:
@@ -40,6 +43,7 @@ class EmbeddingNet(nn.Module):
             "kernel_size": kernel_size,
             "pool": pool,
             "embedding_dim": embedding_dim,
+            "pooled_length": pooled_length,
         }
 
         blocks: list[nn.Module] = []
@@ -53,7 +57,8 @@ class EmbeddingNet(nn.Module):
             ]
             width_in = width
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Linear(width_in, embedding_dim)
+        self.pool = nn.AdaptiveAvgPool1d(pooled_length)
+        self.head = nn.Linear(width_in * pooled_length, embedding_dim)
 
     @property
     def embedding_dim(self) -> int:
@@ -62,7 +67,7 @@ class EmbeddingNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed a batch: (B, in_channels, n_bins) -> (B, embedding_dim)."""
         hidden = self.features(x)
-        pooled = hidden.mean(dim=2)
+        pooled = self.pool(hidden).flatten(start_dim=1)
         return self.head(pooled)
 
 
