@@ -128,6 +128,7 @@ class MqttTransport:
         self.connects = 0
         self.disconnects = 0
         self.last_error: str | None = None
+        self._stopping = False
 
         protocol = _protocol_version(settings.protocol)
         self._is_v5 = protocol == MQTTProtocolVersion.MQTTv5
@@ -181,6 +182,7 @@ class MqttTransport:
 
     def stop(self) -> None:
         """Disconnect cleanly (no last will) and stop the network thread."""
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
         self.connected.clear()
@@ -257,7 +259,9 @@ class MqttTransport:
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
-        if was_connected:
+        if was_connected and self._stopping:
+            log.info("disconnected from %s", self.address)
+        elif was_connected:
             self.disconnects += 1
             log.warning("disconnected from %s: %s; reconnecting", self.address, reason)
             if self._on_disconnected_cb is not None:

@@ -1,0 +1,265 @@
+"""The `edge-agent` command line: one subcommand per job.
+
+Errors a user can fix (`EdgeAgentError`) print one clear message and exit with
+status 2; anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import edge_agent
+from edge_agent.errors import ConfigError, EdgeAgentError
+
+log = logging.getLogger("edge_agent.cli")
+
+EXIT_USER_ERROR = 2
+DEFAULT_DATA_DIR = "../shared/data/cwru"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from exc
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _default_data_dir() -> str:
+    return os.environ.get("EDGE_AGENT_CWRU_DIR") or os.environ.get("DATA_DIR") or DEFAULT_DATA_DIR
+
+
+# run / check-config
+
+
+def _add_config_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--config", "-c", required=required, metavar="FILE", help="YAML configuration file (see config/agent.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. --set mqtt.port=1884 (repeatable)",
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import threading
+
+    from edge_agent.agent import Agent, install_stop_handlers
+    from edge_agent.config import load_config
+    from edge_agent.logs import configure_logging
+
+    stop_event = threading.Event()
+    install_stop_handlers(stop_event)
+    config = load_config(args.config, args.overrides)
+    configure_logging(args.log_level or config.log.level)
+    log.info("edge-agent %s starting with %s", edge_agent.__version__, args.config)
+    agent = Agent(config, stop_event=stop_event)
+    agent.start()
+    try:
+        agent.run()
+    finally:
+        agent.stop()
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from edge_agent.config import load_config, redacted_dict
+    import yaml
+
+    try:
+        config = load_config(args.file, args.overrides)
+    except ConfigError as exc:
+        print(f"{args.file}: invalid configuration", file=sys.stderr)
+        for error in exc.errors or [str(exc)]:
+            print(f"  - {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(f"# {args.file}: valid; effective configuration (secrets redacted)")
+    print(yaml.safe_dump(redacted_dict(config), sort_keys=False), end="")
+    return 0
+
+
+# meta-train
+
+
+def cmd_meta_train(args: argparse.Namespace) -> int:
+    from edge_agent.checkpoint import save_checkpoint
+    from edge_agent.datasets.cwru import load_cwru
+    from edge_agent.logs import configure_logging
+    from edge_agent.training import meta_train
+
+    configure_logging(args.log_level or "INFO")
+    recordings = load_cwru(args.data_dir, loads=args.loads)
+    model, metadata = meta_train(
+        recordings,
+        window_size=args.window,
+        hop=args.hop,
+        n_way=args.n_way,
+        n_shot=args.n_shot,
+        n_query=args.n_query,
+        episodes=args.episodes,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    metadata["dataset"] = "cwru"
+    saved = save_checkpoint(args.out, model, metadata)
+    print(f"checkpoint written to {args.out} (sha256 {saved.get('weights_sha256', '')[:16]})")
+    return 0
+
+
+# replay
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from edge_agent.datasets.cwru import load_cwru
+    from edge_agent.line import plan_line
+    from edge_agent.logs import configure_logging
+    from edge_agent.replay import ReplayOptions, run_replay
+    from edge_agent.report import format_summary
+
+    configure_logging(args.log_level or "WARNING")
+    recordings = load_cwru(args.data_dir, loads=args.loads)
+
+    def make_plan(window_size: int, hop: int, t0: float):
+        return plan_line(
+            recordings, n_assets=args.assets, window_size=window_size, hop=hop, n_shot=args.n_shot,
+            segment_s=args.segment_s, gap_s=0.5, t0=t0, seed=args.seed,
+        )
+
+    options = ReplayOptions(speed=args.speed, line=args.line, agent_id=args.agent_id, chunk_samples=args.chunk_samples)
+    report = run_replay(
+        args.broker, make_plan, {r.record_id: r.signal for r in recordings}, options,
+        on_progress=(lambda text: print(text, file=sys.stderr)) if args.verbose else None,
+    )
+    report["settings"] = {
+        "dataset": args.dataset, "loads": args.loads, "n_shot": args.n_shot, "speed": args.speed,
+        "seed": args.seed, "assets": args.assets, "segment_s": args.segment_s,
+    }
+    print(format_summary(report))
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"report written to {args.report}")
+    return 0
+
+
+# demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge_agent.demo import run_demo
+
+    return run_demo(args)
+
+
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description=(
+            "Few-shot machine-fault diagnosis on an edge box. The agent reads vibration "
+            "over MQTT, learns fault classes from a few labelled windows, and publishes "
+            "a diagnosis for every window."
+        ),
+        epilog="Run 'edge-agent COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {edge_agent.__version__}")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default: config's log.level)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the agent (the daemon)", description="Connect to the broker and diagnose every window until SIGTERM or Ctrl-C.")
+    _add_config_options(run, required=True)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser(
+        "check-config", help="validate a config file",
+        description="Validate FILE. Prints every error and exits 2, or prints the effective configuration with secrets redacted.",
+    )
+    check.add_argument("file", metavar="FILE", help="YAML configuration file")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
+    check.set_defaults(func=cmd_check_config)
+
+    train = sub.add_parser(
+        "meta-train", help="meta-train the embedding on source recordings",
+        description="Meta-train the few-shot embedding with episodic Prototypical Networks and write a checkpoint atomically.",
+    )
+    train.add_argument("--dataset", choices=["cwru"], default="cwru", help="source dataset (default: cwru)")
+    train.add_argument("--data-dir", default=_default_data_dir(), help="folder of the CWRU .mat files (default: $EDGE_AGENT_CWRU_DIR or %(default)s)")
+    train.add_argument("--loads", type=_int_list, default=[0, 1, 2], help="motor loads in hp to train on, e.g. 0,1,2 (default)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--out", required=True, metavar="FILE", help="checkpoint file to write")
+    train.add_argument("--episodes", type=int, default=300, help="training episodes (default: 300)")
+    train.add_argument("--n-way", type=int, default=10, help="classes per episode (default: 10)")
+    train.add_argument("--n-shot", type=int, default=5, help="support windows per class (default: 5)")
+    train.add_argument("--n-query", type=int, default=10, help="query windows per class (default: 10)")
+    train.add_argument("--window", type=int, default=2048, help="window size in samples at 12 kHz (default: 2048)")
+    train.add_argument("--hop", type=int, default=1024, help="hop between windows in samples (default: 1024)")
+    train.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default: 0.001)")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_meta_train)
+
+    replay = sub.add_parser(
+        "replay", help="play recordings as a live line and score the diagnoses",
+        description=(
+            "Stream recordings to a running agent as several assets, publish one label per class "
+            "covering its first N windows, and score every later diagnosis against the truth."
+        ),
+    )
+    replay.add_argument("--broker", required=True, metavar="mqtt://HOST:PORT", help="broker the agent is connected to")
+    replay.add_argument("--dataset", choices=["cwru"], default="cwru", help="recordings to play (default: cwru)")
+    replay.add_argument("--data-dir", default=_default_data_dir(), help="folder of the CWRU .mat files")
+    replay.add_argument("--loads", type=_int_list, default=[3], help="motor loads to play (default: 3)")
+    replay.add_argument("--n-shot", type=int, default=5, help="windows labelled per class (default: 5)")
+    replay.add_argument("--speed", type=_positive_float, default=20.0, help="times real time (default: 20)")
+    replay.add_argument("--seed", type=int, default=0, help="seed of the segment order (default: 0)")
+    replay.add_argument("--assets", type=int, default=4, help="number of assets on the line (default: 4)")
+    replay.add_argument("--segment-s", type=_positive_float, default=3.0, help="segment length in seconds (default: 3)")
+    replay.add_argument("--chunk-samples", type=int, default=1200, help="samples per published chunk (default: 1200)")
+    replay.add_argument("--line", default="replay", help="line name in the topics (default: replay)")
+    replay.add_argument("--agent-id", default="edge-01", help="agent_id of the agent under test (default: edge-01)")
+    replay.add_argument("--report", metavar="FILE", help="write the JSON report here")
+    replay.add_argument("--verbose", "-v", action="store_true", help="print each label as it is published")
+    replay.set_defaults(func=cmd_replay)
+
+    demo = sub.add_parser(
+        "demo", help="run the whole loop on this machine and print the report",
+        description=(
+            "Start a private broker on a free loopback port, meta-train a checkpoint if none exists, "
+            "start the agent, replay CWRU load 3 with 5 labels per class, and print the report."
+        ),
+    )
+    demo.add_argument("--data-dir", default=_default_data_dir(), help="folder of the CWRU .mat files")
+    demo.add_argument("--broker", metavar="mqtt://HOST:PORT", help="use this broker instead of starting one")
+    demo.add_argument("--workdir", default="runs/demo", help="where the checkpoint, config, buffer and report go (default: %(default)s)")
+    demo.add_argument("--speed", type=_positive_float, default=20.0, help="replay speed, times real time (default: 20)")
+    demo.add_argument("--n-shot", type=int, default=5, help="windows labelled per class (default: 5)")
+    demo.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EdgeAgentError as exc:
+        print(f"edge-agent {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
