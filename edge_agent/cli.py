@@ -80,9 +80,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file, args.overrides)
     except ConfigError as exc:
-        print(f"{args.file}: invalid configuration", file=sys.stderr)
-        for error in exc.errors or [str(exc)]:
-            print(f"  - {error}", file=sys.stderr)
+        print(str(exc), file=sys.stderr)
         return EXIT_USER_ERROR
     print(f"# {args.file}: valid; effective configuration (secrets redacted)")
     print(yaml.safe_dump(redacted_dict(config), sort_keys=False), end="")
@@ -93,12 +91,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
+    import torch
+
     from edge_agent.checkpoint import save_checkpoint
     from edge_agent.datasets.cwru import load_cwru
     from edge_agent.logs import configure_logging
     from edge_agent.training import meta_train
 
     configure_logging(args.log_level or "INFO")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     recordings = load_cwru(args.data_dir, loads=args.loads)
     model, metadata = meta_train(
         recordings,
@@ -126,10 +128,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from edge_agent.datasets.cwru import load_cwru
     from edge_agent.line import plan_line
     from edge_agent.logs import configure_logging
-    from edge_agent.replay import ReplayOptions, run_replay
+    from edge_agent.replay import ReplayOptions, parse_broker_url, run_replay
     from edge_agent.report import format_summary
 
     configure_logging(args.log_level or "WARNING")
+    parse_broker_url(args.broker)  # a typo in the URL is reported before the data loads
     recordings = load_cwru(args.data_dir, loads=args.loads)
 
     def make_plan(window_size: int, hop: int, t0: float):
@@ -209,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hop", type=int, default=1024, help="hop between windows in samples (default: 1024)")
     train.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default: 0.001)")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
+    train.add_argument(
+        "--threads", type=int, default=0,
+        help="CPU threads for training; 0 keeps PyTorch's default. Use 1 when other jobs share a small box.",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_meta_train)
 

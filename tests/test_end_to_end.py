@@ -28,7 +28,7 @@ def e2e_checkpoint(cwru_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("e2e") / "model.pt"
     code = cli_main([
         "meta-train", "--dataset", "cwru", "--data-dir", str(cwru_dir), "--loads", "0,1,2",
-        "--seed", "0", "--episodes", str(E2E_EPISODES), "--device", "cpu", "--no-progress", "--out", str(out),
+        "--seed", "0", "--episodes", str(E2E_EPISODES), "--device", "cpu", "--threads", "1", "--no-progress", "--out", str(out),
     ])
     assert code == 0
     assert out.exists()
