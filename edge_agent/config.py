@@ -418,6 +418,14 @@ class LimitsConfig(_Section):
         ge=1,
         le=10000000,
     )
+    max_outbox: int = _field(
+        100000,
+        "Diagnoses kept on disk while the broker is unreachable; beyond this the "
+        "oldest are dropped and counted.",
+        unit="messages",
+        ge=1,
+        le=100000000,
+    )
 
 
 class StatusConfig(_Section):
@@ -427,6 +435,42 @@ class StatusConfig(_Section):
 
     interval_s: float = _field(
         30.0, "Time between status publications.", unit="s", ge=1, le=86400
+    )
+
+
+class ServiceConfig(_Section):
+    """Running as a service: shutdown and the systemd watchdog."""
+
+    section: ClassVar[str] = "service"
+
+    shutdown_timeout_s: float = _field(
+        20.0,
+        "Longest time a stop (SIGTERM or SIGINT) may take to finish the batch in flight, "
+        "flush the outbox and publish \"offline\"; keep it below systemd's TimeoutStopSec.",
+        unit="s",
+        ge=1,
+        le=3600,
+    )
+    stall_timeout_s: float = _field(
+        30.0,
+        "Time without progress of the pipeline worker after which the agent stops "
+        "sending watchdog keep-alives to systemd, so that WatchdogSec restarts it.",
+        unit="s",
+        ge=1,
+        le=3600,
+    )
+
+
+class ConfigWatchConfig(_Section):
+    """Live reconfiguration. SIGHUP always re-reads the file."""
+
+    section: ClassVar[str] = "config"
+
+    watch: bool = _field(
+        False, "Re-read the config file when it changes, as on SIGHUP."
+    )
+    watch_interval_s: float = _field(
+        2.0, "Time between checks of the config file for changes.", unit="s", ge=0.1, le=3600
     )
 
 
@@ -463,6 +507,8 @@ class AgentConfig(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    config: ConfigWatchConfig = Field(default_factory=ConfigWatchConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="before")
