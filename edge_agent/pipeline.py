@@ -83,22 +83,43 @@ class Pipeline:
         self._stream_fields: dict[str, dict[str, str]] = {}
         # time.monotonic() of the last loop turn; the watchdog reads it.
         self.heartbeat = time.monotonic()
+        self._between: list[Callable[[], None]] = []
+        self._between_lock = threading.Lock()
 
     # Loop
 
     def run(self, stop: threading.Event) -> None:
-        """Process inbox items until `stop` is set and the inbox is empty."""
-        while True:
+        """Process inbox items until `stop` is set, finishing the batch in flight.
+
+        Items still in the inbox at the stop are not acknowledged, so the broker
+        redelivers the QoS 1 ones to the next run of a kept session.
+        """
+        while not stop.is_set():
+            self._run_between_batches()
             items = self.inbox.get_batch(max_items=512, timeout_s=0.2)
             self.heartbeat = time.monotonic()
             if not items:
-                if stop.is_set():
-                    return
                 continue
             try:
                 self.process(items)
             except Exception:  # noqa: BLE001 - the worker must survive any one batch
                 log.exception("pipeline batch of %d messages failed; continuing", len(items))
+                self.counters.add("pipeline_errors")
+            self.heartbeat = time.monotonic()
+
+    def call_between_batches(self, action: Callable[[], None]) -> None:
+        """Run `action` on the worker thread before its next batch (a live reload uses it)."""
+        with self._between_lock:
+            self._between.append(action)
+
+    def _run_between_batches(self) -> None:
+        with self._between_lock:
+            actions, self._between = self._between, []
+        for action in actions:
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - a failed reload step must not end the worker
+                log.exception("applying a configuration change on the pipeline worker failed")
                 self.counters.add("pipeline_errors")
 
     def process(self, items: list[InboxItem]) -> None:
