@@ -63,6 +63,8 @@ class ReplayOptions:
     chunk_samples: int = 1200
     line: str = "replay"
     agent_id: str = "edge-01"
+    # MQTT version of the replay's own connection; "3.1.1" for brokers without MQTT 5.
+    protocol: str = "5"
     signal_qos: int = 1
     qos: int = 1
     agent_wait_s: float = 30.0
@@ -154,7 +156,7 @@ def run_replay(
     collector = _Collector(topics)
     status_topic = format_topic(topics.status, agent_id=options.agent_id)
     transport = MqttTransport(
-        BrokerSettings(host=host, port=port, client_id=f"edge-agent-replay-{os.getpid()}"),
+        BrokerSettings(host=host, port=port, client_id=f"edge-agent-replay-{os.getpid()}", protocol=options.protocol),
         subscriptions=[
             Subscription(topic_filter(topics.diagnosis), options.qos),
             Subscription(status_topic, 1),
