@@ -351,10 +351,12 @@ class AdaptationConfig(_Section):
 
     section: ClassVar[str] = "adaptation"
 
-    algorithm: Literal["protonet"] = _field(
+    algorithm: Literal["protonet", "reptile"] = _field(
         "protonet",
         "Few-shot algorithm; protonet assigns the class whose prototype (mean "
-        "embedding of its support examples) is nearest.",
+        "embedding of its support examples) is nearest. reptile also fine-tunes a "
+        "copy of the model and a linear head on the support set in the background, "
+        "and keeps the result when a leave-out check finds it no worse.",
     )
     n_shot_min: int = _field(
         1,
@@ -369,6 +371,35 @@ class AdaptationConfig(_Section):
         unit="examples",
         ge=1,
         le=100000,
+    )
+    steps: int = _field(
+        20,
+        "Gradient steps of one fine-tuning run (reptile only).",
+        unit="steps",
+        ge=1,
+        le=1000,
+    )
+    inner_lr: float = _field(
+        1e-4,
+        "Adam learning rate of the fine-tuning (reptile only).",
+        gt=0,
+        le=1,
+    )
+    leave_out_folds: int = _field(
+        3,
+        "Folds of the leave-out check that decides whether a fine-tuned model "
+        "replaces the current one (reptile only).",
+        unit="folds",
+        ge=2,
+        le=20,
+    )
+    debounce_s: float = _field(
+        2.0,
+        "Quiet time after the last support change before fine-tuning starts, so a "
+        "burst of labels causes one run (reptile only).",
+        unit="s",
+        ge=0,
+        le=3600,
     )
 
     @model_validator(mode="after")
@@ -396,6 +427,14 @@ class StorageConfig(_Section):
         "Folder for the agent's state. Relative paths resolve against the config "
         "file's folder.",
         strict=False,
+    )
+    keep_versions: int = _field(
+        5,
+        "Fine-tuned model versions kept under storage.dir/models; older ones are "
+        "deleted, except the active one.",
+        unit="versions",
+        ge=1,
+        le=1000,
     )
 
 

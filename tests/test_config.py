@@ -148,7 +148,7 @@ def test_config_is_frozen() -> None:
         ("model:\n  device: gpu\n", r"model\.device: must be 'auto', 'cpu' or 'cuda', got 'gpu'"),
         ("model:\n  max_batch: 2.5\n", r"model\.max_batch: must be a whole number, got 2\.5"),
         ("model:\n  checkpoint: 3\n", r"model\.checkpoint: must be a path \(a string\), got 3"),
-        ("adaptation:\n  algorithm: maml\n", r"adaptation\.algorithm: must be 'protonet', got 'maml'"),
+        ("adaptation:\n  algorithm: maml\n", r"adaptation\.algorithm: must be 'protonet' or 'reptile', got 'maml'"),
         ("adaptation:\n  n_shot_min: 10\n  max_shots_per_class: 5\n", r"adaptation\.max_shots_per_class: must be >= adaptation\.n_shot_min \(10\), got 5"),
         ("storage: [1]\n", r"storage: must be a section of keys \(a YAML mapping\), got a list"),
         ("log:\n  level: verbose\n", r"log\.level: must be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL', got 'VERBOSE'"),
