@@ -292,6 +292,9 @@ def _build_report(
     received = 0
     duplicated = 0
     without_label = 0
+    # One row per scored window, in stream seconds from the line's start, for plots.
+    t_start = min((seg.start_ts for segments in plan.segments.values() for seg in segments[:1]), default=0.0)
+    timeline: list[dict[str, Any]] = []
     with collector._lock:
         diagnoses = {k: list(v) for k, v in collector.diagnoses.items()}
         total = collector.total
@@ -307,8 +310,14 @@ def _build_report(
         predicted.append(diagnosis.label)
         without_label += diagnosis.label is None
         published = chunk_published.get((window.asset, _completing_chunk(chunk_ends[window.asset], window.last_sample)))
-        if published is not None:
-            latencies.append((arrived - published) * 1000.0)
+        latency_ms = None if published is None else (arrived - published) * 1000.0
+        if latency_ms is not None:
+            latencies.append(latency_ms)
+        timeline.append({
+            "t_s": round(window.start_ts - t_start, 4),
+            "correct": diagnosis.label == window.label,
+            "latency_ms": None if latency_ms is None else round(latency_ms, 2),
+        })
     result = score(truth, predicted, classes)
     return {
         "accuracy": result["accuracy"],
@@ -327,4 +336,6 @@ def _build_report(
         "duration_s": round(duration_s, 2),
         "assets": plan.assets,
         "classes": classes,
+        "label_times_s": [round(label.end - t_start, 4) for label in plan.labels],
+        "timeline": timeline,
     }
