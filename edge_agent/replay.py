@@ -34,6 +34,9 @@ from edge_agent.topics import format_topic, parse_topic, topic_filter
 
 log = logging.getLogger(__name__)
 
+# Long enough to ride out a broker restart, short enough not to leave queues behind.
+REPLAY_SESSION_EXPIRY_S = 120
+
 
 def parse_broker_url(url: str) -> tuple[str, int]:
     """Split mqtt://HOST:PORT into host and port (1883 when absent)."""
@@ -82,6 +85,8 @@ class _Collector:
         self.diagnoses: dict[tuple[str, int], list[tuple[Diagnosis, float]]] = {}
         self.total = 0
         self.malformed = 0
+        self.redelivered = 0
+        self._payloads_seen: set[tuple[str, bytes]] = set()
         self.status: dict[str, Any] | None = None
         self.status_changed = threading.Condition(self._lock)
         self.fs = 12000.0
@@ -101,6 +106,12 @@ class _Collector:
                 return
             arrived = time.monotonic()
             with self._lock:
+                # The same bytes again are a redelivery by MQTT (at least once), not a
+                # second diagnosis of the window, and are counted apart.
+                if (message.topic, message.payload) in self._payloads_seen:
+                    self.redelivered += 1
+                    return
+                self._payloads_seen.add((message.topic, message.payload))
                 self.total += 1
                 self.diagnoses.setdefault(self.key(fields["asset"], diagnosis.window_start), []).append((diagnosis, arrived))
             return
@@ -156,7 +167,11 @@ def run_replay(
     collector = _Collector(topics)
     status_topic = format_topic(topics.status, agent_id=options.agent_id)
     transport = MqttTransport(
-        BrokerSettings(host=host, port=port, client_id=f"edge-agent-replay-{os.getpid()}", protocol=options.protocol),
+        # A kept session, so diagnoses published while the broker restarts are queued for the replay.
+        BrokerSettings(
+            host=host, port=port, client_id=f"edge-agent-replay-{os.getpid()}", protocol=options.protocol,
+            session_expiry_s=REPLAY_SESSION_EXPIRY_S,
+        ),
         subscriptions=[
             Subscription(topic_filter(topics.diagnosis), options.qos),
             Subscription(status_topic, 1),
@@ -298,6 +313,7 @@ def _build_report(
     with collector._lock:
         diagnoses = {k: list(v) for k, v in collector.diagnoses.items()}
         total = collector.total
+        redelivered = collector.redelivered
     for window, key in zip(plan.scored, keys):
         got = diagnoses.get(key)
         truth.append(window.label)
@@ -327,6 +343,7 @@ def _build_report(
         "diagnoses_received": received,
         "diagnoses_total": total,
         "diagnoses_duplicated": duplicated,
+        "diagnoses_redelivered": redelivered,
         "diagnoses_without_label": without_label,
         "labels_published": labels_published,
         "labels_applied": int(status.get("labels_applied", 0)) - labels_before,
