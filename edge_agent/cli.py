@@ -16,6 +16,7 @@ from pathlib import Path
 
 import edge_agent
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.model_cli import add_model_parser
 
 log = logging.getLogger("edge_agent.cli")
 
@@ -58,13 +59,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.agent import Agent, install_stop_handlers
     from edge_agent.config import load_config
     from edge_agent.logs import configure_logging
+    from edge_agent.reload import install_reload_handler
 
     stop_event = threading.Event()
+    reload_event = threading.Event()
     install_stop_handlers(stop_event)
+    install_reload_handler(reload_event)
     config = load_config(args.config, args.overrides)
     configure_logging(args.log_level or config.log.level)
     log.info("edge-agent %s starting with %s", edge_agent.__version__, args.config)
-    agent = Agent(config, stop_event=stop_event)
+    agent = Agent(config, stop_event=stop_event, config_path=Path(args.config), overrides=args.overrides)
+    agent.reload_event = reload_event
     agent.start()
     try:
         agent.run()
@@ -256,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-shot", type=int, default=5, help="windows labelled per class (default: 5)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     demo.set_defaults(func=cmd_demo)
+
+    add_model_parser(sub, _add_config_options)
     return parser
 
 
