@@ -30,7 +30,7 @@ from edge_agent.model import EmbeddingNet
 
 CHECKPOINT_FORMAT = "edge-agent-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
-SUPPORTED_ALGORITHMS = ("protonet",)
+SUPPORTED_ALGORITHMS = ("protonet", "reptile", "maml", "fomaml")
 REQUIRED_METADATA = (
     "window_size",
     "input_transform",

@@ -1,10 +1,9 @@
-"""Episodic meta-training and evaluation of the ProtoNet embedding.
+"""Episodic meta-training and evaluation of the embedding.
 
-Training follows Prototypical Networks (Snell, Swersky and Zemel, NeurIPS 2017): each
-episode draws `n_way` classes, `n_shot` support and `n_query` query windows per class,
-and minimises the negative log-likelihood of the query labels under the prototype
-softmax. For each class the support and query windows may come from recordings at
-different loads, which pushes the embedding towards load-invariant features.
+Each episode draws `n_way` classes, `n_shot` support and `n_query` query windows per
+class, and a learner from `edge_agent.algorithms` (ProtoNet by default, Snell, Swersky
+and Zemel, NeurIPS 2017) updates the embedding on a meta-batch of episodes. For each class the support and
+query windows may come from recordings at different loads, which pushes the embedding towards load-invariant features.
 
 Validation is leak-free in time: the last `validation` fraction of every source recording,
 after a one-window gap, is held out and only ever used as query windows. The state with
@@ -27,12 +26,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from edge_agent.algorithms import MetaLearner, Task, make_learner
 from edge_agent.classifier import resolve_device
 from edge_agent.datasets.cwru import Recording
 from edge_agent.features import LOG_SPECTRUM_V1, get_transform
 from edge_agent.model import EmbeddingNet
-from edge_agent.protonet import class_log_probs, episode_loss, prototypes
-from edge_agent.splits import Windows, cut_windows, split_fraction_in_time, split_in_time
+from edge_agent.splits import Windows, cut_windows, split_fraction_in_time
 
 _FEATURE_BATCH = 512
 
@@ -75,8 +74,15 @@ def meta_train(
     patience: int = 8,
     architecture: dict[str, Any] | None = None,
     input_transform: str = LOG_SPECTRUM_V1,
+    algorithm: str = "protonet",
+    algorithm_options: dict[str, Any] | None = None,
 ) -> tuple[EmbeddingNet, dict[str, Any]]:
-    """Meta-train an `EmbeddingNet` with ProtoNet episodes on `recordings`.
+    """Meta-train an `EmbeddingNet` with `algorithm` on episodes from `recordings`.
+
+    `algorithm` is a name in `edge_agent.algorithms.ALGORITHMS` and `algorithm_options`
+    its keyword hyper-parameters (for example `inner_steps`); `lr` is the outer learning
+    rate. `episodes` counts outer steps, each of which takes the learner's meta-batch of
+    episodes.
 
     `validation` is the fraction of each recording held out in time for validation (0
     disables validation, early stopping and best-state selection). `n_way` is capped at
@@ -108,12 +114,11 @@ def meta_train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = EmbeddingNet(**(architecture or {})).to(torch_device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=episodes)
+    learner = make_learner(algorithm, model, steps=episodes, lr=lr, **(algorithm_options or {}))
     rng = np.random.default_rng(seed)
 
     history = _train_loop(
-        model, optimizer, scheduler, rng, train_pools, val_pools,
+        learner, rng, train_pools, val_pools,
         n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes,
         validate_every=validate_every, validation_episodes=validation_episodes,
         patience=patience, seed=seed, progress=progress,
@@ -121,10 +126,10 @@ def meta_train(
     model.eval()
 
     metadata: dict[str, Any] = {
-        "algorithm": "protonet",
+        "algorithm": algorithm,
         "hyperparameters": {
-            "n_way": n_way, "n_shot": n_shot, "n_query": n_query, "episodes": episodes,
-            "lr": lr, "optimizer": "adam", "lr_schedule": "cosine", "hop": hop,
+            **learner.hyperparameters(),
+            "n_way": n_way, "n_shot": n_shot, "n_query": n_query, "episodes": episodes, "hop": hop,
             "validation": validation, "validate_every": validate_every,
             "validation_episodes": validation_episodes, "patience": patience,
         },
@@ -135,6 +140,7 @@ def meta_train(
         "classes": classes,
         "loads": sorted({int(recording.load_hp) for recording in recordings}),
         "record_ids": [recording.record_id for recording in recordings],
+        "record_ranges": {recording.record_id: [0, int(len(recording.signal))] for recording in recordings},
         "seed": seed,
         "architecture": copy.deepcopy(model.config),
         "training": history,
@@ -257,9 +263,7 @@ def _sample_episode(
 
 
 def _train_loop(
-    model: EmbeddingNet,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    learner: MetaLearner,
     rng: np.random.Generator,
     train_pools: dict[str, _ClassPool],
     val_pools: dict[str, _ClassPool] | None,
@@ -274,6 +278,7 @@ def _train_loop(
     seed: int,
     progress: bool,
 ) -> dict[str, Any]:
+    model = learner.model
     classes = sorted(train_pools)
     best_accuracy, best_episode = -1.0, 0
     best_state: dict[str, torch.Tensor] | None = None
@@ -284,24 +289,17 @@ def _train_loop(
     with bar if bar is not None else nullcontext():
         task = bar.add_task("meta-train", total=episodes, loss=float("nan"), val=float("nan")) if bar else None
         for episode in range(1, episodes + 1):
-            model.train()
-            labels = [classes[i] for i in rng.choice(len(classes), size=n_way, replace=False)]
-            support, support_labels, query, query_labels = _sample_episode(
-                train_pools, train_pools, labels, n_shot, n_query, rng, same_recording=False
-            )
-            # One forward pass over support and query keeps BatchNorm statistics shared.
-            embeddings = model(torch.cat([support, query]))
-            loss, _ = episode_loss(
-                embeddings[: len(support)], support_labels, embeddings[len(support) :], query_labels, n_way
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            tasks = []
+            for _ in range(learner.tasks_per_step):
+                labels = [classes[i] for i in rng.choice(len(classes), size=n_way, replace=False)]
+                tasks.append(Task(*_sample_episode(
+                    train_pools, train_pools, labels, n_shot, n_query, rng, same_recording=False
+                ), n_way=n_way))
+            loss = learner.meta_train_step(tasks)
 
             if val_pools and (episode % validate_every == 0 or episode == episodes):
                 last_accuracy, _ = _validate(
-                    model, train_pools, val_pools, n_way, n_shot, n_query, validation_episodes, seed
+                    learner, train_pools, val_pools, n_way, n_shot, n_query, validation_episodes, seed
                 )
                 # Ties go to the later state: held-out windows of the training loads are
                 # often all classified correctly early on, long before other loads are.
@@ -312,7 +310,7 @@ def _train_loop(
                 else:
                     stale += 1
             if bar is not None and task is not None:
-                bar.update(task, advance=1, loss=float(loss), val=last_accuracy)
+                bar.update(task, advance=1, loss=loss, val=last_accuracy)
             if val_pools and stale >= patience:
                 break
 
@@ -341,9 +339,8 @@ def _progress_bar(enabled: bool) -> Progress | None:
     )
 
 
-@torch.no_grad()
 def _validate(
-    model: EmbeddingNet,
+    learner: MetaLearner,
     support_pools: dict[str, _ClassPool],
     query_pools: dict[str, _ClassPool],
     n_way: int,
@@ -353,19 +350,18 @@ def _validate(
     seed: int,
 ) -> tuple[float, float]:
     """Return mean accuracy and loss over a fixed set of validation episodes."""
-    model.eval()
     rng = np.random.default_rng(seed + 1)
     classes = sorted(query_pools)
     n_way = min(n_way, len(classes))
     accuracies, losses = [], []
     for _ in range(episodes):
         labels = [classes[i] for i in rng.choice(len(classes), size=n_way, replace=False)]
-        support, support_labels, query, query_labels = _sample_episode(
+        episode = Task(*_sample_episode(
             support_pools, query_pools, labels, n_shot, n_query, rng, same_recording=True
-        )
-        loss, accuracy = episode_loss(model(support), support_labels, model(query), query_labels, n_way)
-        accuracies.append(float(accuracy))
-        losses.append(float(loss))
+        ), n_way=n_way)
+        loss, accuracy, _ = learner.evaluate_task(episode)
+        accuracies.append(accuracy)
+        losses.append(loss)
     return float(np.mean(accuracies)), float(np.mean(losses))
 
 
@@ -393,37 +389,25 @@ def evaluate_few_shot(
     class from one recording of that class.
     """
     torch_device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
-    transform = get_transform(input_transform)
     classes = sorted({recording.label for recording in recordings})
     n_way = len(classes) if n_way is None else n_way
     if not 2 <= n_way <= len(classes):
         raise ValueError(f"n_way must be between 2 and {len(classes)} classes, got {n_way}")
 
-    support_windows, query_windows = [], []
-    for recording in recordings:
-        boundary = int(len(recording.signal) * support_fraction)
-        first, second = split_in_time(recording.signal, window_size, hop, boundary)
-        support_windows.append(first)
-        query_windows.append(second)
-    support_pools = _build_pools(recordings, support_windows, classes, transform, torch_device)
-    query_pools = _build_pools(recordings, query_windows, classes, transform, torch_device)
-    _check_pool_sizes(support_pools, n_shot, "support")
+    # Imported here because evaluation builds on this module.
+    from edge_agent.algorithms import ProtoNet
+    from edge_agent.evaluation import build_pools_for_test, run_episodes
 
-    model.eval()
-    rng = np.random.default_rng(seed)
-    accuracies = []
-    for _ in range(episodes):
-        labels = [classes[i] for i in rng.choice(len(classes), size=n_way, replace=False)]
-        support, support_labels, query, query_labels = _sample_episode(
-            support_pools, query_pools, labels, n_shot, n_query, rng, same_recording=True
-        )
-        log_probs = class_log_probs(model(query), prototypes(model(support), support_labels, n_way))
-        accuracies.append(float((log_probs.argmax(dim=1) == query_labels).float().mean()))
-
-    values = np.asarray(accuracies)
+    pools = build_pools_for_test(
+        recordings, window_size=window_size, hop=hop, input_transform=input_transform,
+        support_fraction=support_fraction, device=torch_device,
+    )
+    result = run_episodes(
+        ProtoNet(model, steps=1), pools, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes, seed=seed
+    )
     return EvaluationResult(
-        accuracy=float(values.mean()),
-        standard_error=float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0,
+        accuracy=result.accuracy,
+        standard_error=result.ci95 / 1.96,
         episodes=episodes,
         n_way=n_way,
         n_shot=n_shot,

@@ -131,10 +131,12 @@ def test_unknown_input_transform(tmp_path, model):
 
 
 def test_unknown_algorithm(tmp_path, model):
-    path = tmp_path / "maml.pt"
-    save_checkpoint(path, model, make_metadata(algorithm="maml"))
+    path = tmp_path / "relation.pt"
+    save_checkpoint(path, model, make_metadata(algorithm="relation"))
 
-    with pytest.raises(CheckpointError, match=r"trained with algorithm 'maml', but this version supports protonet"):
+    with pytest.raises(
+        CheckpointError, match=r"trained with algorithm 'relation', but this version supports protonet, reptile, maml, fomaml"
+    ):
         load_checkpoint(path)
 
 
