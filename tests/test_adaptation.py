@@ -22,6 +22,7 @@ from edge_agent.adaptation import (
 )
 from edge_agent.adaptation_worker import AdaptationWorker
 from edge_agent.classifier import FewShotClassifier
+from edge_agent.cli import main as cli_main
 from edge_agent.counters import Counters
 from edge_agent.errors import AdaptationError, CheckpointError
 from edge_agent.features import LOG_SPECTRUM_V1, log_spectrum
@@ -323,3 +324,90 @@ def test_rollback_unknown_version_rejected(tmp_path: Path) -> None:
     store = accepted_versions(tmp_path, 1).store
     with pytest.raises(CheckpointError, match="'v9' not found.*known versions: base, v1"):
         store.request_rollback("v9")
+
+
+# The `model` command against a running worker
+
+
+def write_config(tmp_path: Path) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"storage:\n  dir: {tmp_path}\n  keep_versions: 2\n", encoding="utf-8")
+    return path
+
+
+def test_cli_rollback_applied_by_worker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    worker = accepted_versions(tmp_path, 2)
+    pipeline = worker._pipeline
+    worker.start(pipeline)
+    try:
+        code = cli_main(["model", "rollback", "v1", "--config", str(write_config(tmp_path))])
+    finally:
+        worker.stop()
+    output = capsys.readouterr().out
+    assert code == 0
+    assert "model v1 active: rolled back from v2 to v1" in output
+    # v1 was fine-tuned on an older support set, so the buffer's prototypes replace its head.
+    assert pipeline.classifier.model_version == "v1-p1"
+    assert worker.store.active_version() == "v1"
+    assert worker.counters.get("rollbacks") == 1
+    # The rollback is not undone by a fine-tuning run on the same support set.
+    assert worker.adapt_once() == "skipped"
+
+
+def test_cli_rollback_to_base(tmp_path: Path) -> None:
+    worker = accepted_versions(tmp_path, 1)
+    pipeline = worker._pipeline
+    worker.start(pipeline)
+    try:
+        code = cli_main(["model", "rollback", "base", "--config", str(write_config(tmp_path))])
+    finally:
+        worker.stop()
+    assert code == 0
+    assert isinstance(pipeline.classifier, FewShotClassifier)
+    assert worker.store.active_version() == BASE_VERSION
+
+
+def test_cli_rollback_without_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    accepted_versions(tmp_path, 2)
+    code = cli_main(["model", "rollback", "v1", "--config", str(write_config(tmp_path)), "--wait-s", "0.3"])
+    assert code == 3
+    assert "applied when the agent starts" in capsys.readouterr().err
+
+    worker, pipeline = make_worker(tmp_path, tone_support())
+    worker.poll_rollback()
+    assert worker.active_version == "v1"
+    assert worker.store.active_version() == "v1"
+
+
+def test_cli_rollback_unknown_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    accepted_versions(tmp_path, 1)
+    code = cli_main(["model", "rollback", "v7", "--config", str(write_config(tmp_path))])
+    assert code == 2
+    assert "'v7' not found" in capsys.readouterr().err
+
+
+def test_cli_rollback_of_corrupt_version_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    worker = accepted_versions(tmp_path, 2)
+    (worker.store.dir / "v1.pt").write_bytes(b"garbage")
+    worker.start(worker._pipeline)
+    try:
+        code = cli_main(["model", "rollback", "v1", "--config", str(write_config(tmp_path))])
+    finally:
+        worker.stop()
+    assert code == 1
+    assert "corrupt" in capsys.readouterr().err
+    assert worker.store.active_version() == "v2"
+    assert worker.counters.get("rollbacks_failed") == 1
+
+
+def test_cli_list_marks_active(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    accepted_versions(tmp_path, 2)
+    code = cli_main(["model", "list", "--config", str(write_config(tmp_path))])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert lines[0].split() == ["VERSION", "CREATED", "(UTC)", "PARENT", "CLASSES", "SHOTS", "LEAVE-OUT", "CURRENT"]
+    assert lines[1].split() == ["base"]
+    assert lines[2].split()[0] == "v1"
+    assert lines[3].split()[:2] == ["*", "v2"]
+    assert lines[3].split()[3:6] == ["v1", "4", "20"]
+    assert lines[-1].startswith("active: v2")
