@@ -18,16 +18,17 @@ from typing import Any
 import edge_agent
 from edge_agent.adaptation_worker import make_adaptation_worker
 from edge_agent.buffer import TaskBuffer
-from edge_agent.checkpoint import load_checkpoint
 from edge_agent.classifier import FewShotClassifier, resolve_device
 from edge_agent.config import AgentConfig
 from edge_agent.counters import Counters, Rejections
 from edge_agent.errors import CheckpointError
 from edge_agent.inbox import Inbox, InboxItem
+from edge_agent.last_good import load_last_good
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline, PipelineSettings
 from edge_agent.reload import FileWatch, Reloader, live_config, needs_reconnect, needs_resubscribe
 from edge_agent.sdnotify import Notifier
+from edge_agent.testhooks import apply_test_hooks
 from edge_agent.topics import format_topic, parse_topic, topic_filter
 from edge_agent.transport import (
     BrokerSettings,
@@ -121,13 +122,13 @@ class Agent:
 
         checkpoint = Path(config.model.checkpoint)
         self.device = resolve_device(config.model.device)
-        model, self.metadata = load_checkpoint(checkpoint, self.device)
+        model, self.metadata, loaded_from = load_last_good(checkpoint, self.device)
         check_window_fits_model(config, self.metadata, checkpoint)
-        self.checkpoint_path = checkpoint
+        self.checkpoint_path = loaded_from
         self.classifier = FewShotClassifier(model, self.metadata, self.device)
         log.info(
             "model %s loaded on %s (sha256 %s, window %d samples at %g Hz)",
-            checkpoint, self.device, str(self.metadata.get("weights_sha256", ""))[:12],
+            loaded_from, self.device, str(self.metadata.get("weights_sha256", ""))[:12],
             config.window.size, float(self.metadata["sample_rate_hz"]),
         )
 
@@ -169,6 +170,7 @@ class Agent:
         self._file_watch = FileWatch(config_path) if config_path is not None else None
         self._ready_sent = False
         self._next_watch = 0.0
+        apply_test_hooks(self.pipeline)
 
     def _make_assembler(self, config: AgentConfig) -> WindowAssembler:
         return WindowAssembler(
