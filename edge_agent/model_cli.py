@@ -2,7 +2,7 @@
 
 Both read `storage.dir` from the agent's config and work on the model store there
 (see `edge_agent.model_store`). A rollback writes a request file that the running
-agent applies within about a second; the command waits for the agent's answer.
+agent applies within about a second, and the command waits for the agent's result.
 When no agent is running, the request stays and is applied at the next start.
 """
 
@@ -94,7 +94,7 @@ def add_model_parser(sub: Any, add_config_options: Any) -> None:
         description=(
             "Ask the running agent to serve VERSION (a name from 'model list', or 'base' for the "
             "meta-trained checkpoint with ProtoNet) and wait for its answer. Exits 0 when applied, "
-            "1 when the agent rejected it, 3 when no agent answered in time."
+            "1 when the agent rejected it, 3 when no agent applied it in time."
         ),
     )
     rollback.add_argument("version", metavar="VERSION", help="version name such as v3, or 'base'")

@@ -35,7 +35,7 @@ def e2e_checkpoint(cwru_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
-def write_config(folder: Path, broker: MosquittoBroker, checkpoint: Path) -> Path:
+def write_config(folder: Path, broker: MosquittoBroker, checkpoint: Path, adaptation: dict | None = None) -> Path:
     config = {
         "agent_id": "e2e",
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 2},
@@ -43,6 +43,8 @@ def write_config(folder: Path, broker: MosquittoBroker, checkpoint: Path) -> Pat
         "storage": {"dir": str(folder / "state")},
         "status": {"interval_s": 2},
     }
+    if adaptation is not None:
+        config["adaptation"] = adaptation
     path = folder / "agent.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
@@ -147,3 +149,41 @@ def test_sigterm_during_start_exits_cleanly(tmp_path: Path, broker: MosquittoBro
     assert wait_for_line(log_path, "starting with", 30)
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0
+
+
+def test_replay_with_reptile_then_rollback(
+    tmp_path: Path, broker: MosquittoBroker, e2e_checkpoint: Path, cwru_dir: Path
+) -> None:
+    """The agent fine-tunes in the background during a replay, and a rollback reaches it."""
+    config = write_config(tmp_path, broker, e2e_checkpoint, {"algorithm": "reptile", "debounce_s": 0.5})
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        report_path = tmp_path / "report.json"
+        code = cli_main([
+            "replay", "--broker", broker.url, "--dataset", "cwru", "--data-dir", str(cwru_dir),
+            "--loads", "3", "--n-shot", "5", "--speed", "20", "--seed", "0",
+            "--agent-id", "e2e", "--report", str(report_path),
+        ])
+        assert code == 0
+        report = json.loads(report_path.read_text())
+        assert report["labels_applied"] == 9
+        assert report["diagnoses_received"] == report["windows_scored"]
+        assert report["accuracy"] >= 0.9
+
+        assert wait_for_line(log_path, "accepted: 9 classes", 60), log_path.read_text(errors="replace")[-3000:]
+        index = json.loads((tmp_path / "state" / "models" / "index.json").read_text())
+        assert index["active"] is not None
+        assert index["versions"][-1]["classes"] == {name: 5 for name in index["versions"][-1]["classes"]}
+
+        code = cli_main(["model", "rollback", "base", "--config", str(config), "--wait-s", "15"])
+        assert code == 0
+        assert wait_for_line(log_path, "model base active: rolled back", 5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        print(log_path.read_text(errors="replace")[-3000:])
