@@ -16,6 +16,7 @@ from pathlib import Path
 
 import edge_agent
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.evaluation_cli import add_algorithm_options, add_evaluate_parser
 from edge_agent.model_cli import add_model_parser
 
 log = logging.getLogger("edge_agent.cli")
@@ -100,6 +101,7 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
 
     from edge_agent.checkpoint import save_checkpoint
     from edge_agent.datasets.cwru import load_cwru
+    from edge_agent.evaluation_cli import algorithm_options, scenario_recordings
     from edge_agent.logs import configure_logging
     from edge_agent.training import meta_train
 
@@ -107,6 +109,11 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     recordings = load_cwru(args.data_dir, loads=args.loads)
+    options = algorithm_options(args)
+    scenario = None
+    if args.dataset == "cwru":
+        # The scenario may take the first part of a recording outside --loads (normal at 0 hp).
+        recordings, scenario = scenario_recordings(args, load_cwru(args.data_dir))
     model, metadata = meta_train(
         recordings,
         window_size=args.window,
@@ -119,7 +126,13 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        patience=args.patience,
+        validate_every=args.validate_every,
+        algorithm=args.algorithm,
+        algorithm_options=options,
     )
+    if scenario is not None:
+        metadata["scenario"] = scenario
     metadata["dataset"] = "cwru"
     saved = save_checkpoint(args.out, model, metadata)
     print(f"checkpoint written to {args.out} (sha256 {saved.get('weights_sha256', '')[:16]})")
@@ -202,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "meta-train", help="meta-train the embedding on source recordings",
-        description="Meta-train the few-shot embedding with episodic Prototypical Networks and write a checkpoint atomically.",
+        description="Meta-train the few-shot embedding with ProtoNet, Reptile, MAML or first-order MAML and write a checkpoint atomically.",
     )
     train.add_argument("--dataset", choices=["cwru"], default="cwru", help="source dataset (default: cwru)")
     train.add_argument("--data-dir", default=_default_data_dir(), help="folder of the CWRU .mat files (default: $EDGE_AGENT_CWRU_DIR or %(default)s)")
@@ -222,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads for training; 0 keeps PyTorch's default. Use 1 when other jobs share a small box.",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_algorithm_options(train)
     train.set_defaults(func=cmd_meta_train)
 
     replay = sub.add_parser(
@@ -261,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-shot", type=int, default=5, help="windows labelled per class (default: 5)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     demo.set_defaults(func=cmd_demo)
+    add_evaluate_parser(sub, _default_data_dir())
 
     add_model_parser(sub, _add_config_options)
     return parser

@@ -213,7 +213,7 @@ def evaluate(paths: Sequence[str | Path], recordings: Sequence[Recording], setti
         device=settings.device,
     )
     n_way = len(pools.classes) if settings.n_way is None else settings.n_way
-    notes = _scenario_notes(settings.scenario, target, source_loads, pools.classes)
+    notes = _scenario_notes(settings.scenario, target, source_loads, pools.classes, window_size)
 
     results: list[SettingResult] = []
 
@@ -274,7 +274,9 @@ def _pretrain_on_source(
     return pretrain_supervised(features, architecture, steps=settings.pretrain_steps, seed=settings.seed)
 
 
-def _scenario_notes(scenario: str, target: Sequence[TargetRecording], source_loads: Sequence[int], classes: Sequence[str]) -> list[str]:
+def _scenario_notes(
+    scenario: str, target: Sequence[TargetRecording], source_loads: Sequence[int], classes: Sequence[str], window_size: int
+) -> list[str]:
     notes = []
     if scenario == "cross-load":
         test_loads = cross_load_test_loads(source_loads)
@@ -284,8 +286,9 @@ def _scenario_notes(scenario: str, target: Sequence[TargetRecording], source_loa
         for item in target:
             if item.recording.label == NORMAL_LABEL and item.start > 0:
                 notes.append(
-                    f"normal (record {item.recording.record_id}) exists at 0 hp only: it is split in time, "
-                    f"source side samples 0-{item.start - 1} less a one-window gap, test side from sample {item.start}"
+                    f"normal (record {item.recording.record_id}) exists at 0 hp only, so it is split in time: "
+                    f"the source side may use samples before {item.start - window_size}, the test side starts "
+                    f"at sample {item.start}, one window later"
                 )
     else:
         notes.append("novel-class: meta-trained on the inner- and outer-race classes at all loads, tested on unseen classes at 0 hp")
