@@ -16,6 +16,7 @@ rollbacks and accepted versions never race each other.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ from edge_agent.model_store import BASE_VERSION, LoadedVersion, ModelStore
 log = logging.getLogger(__name__)
 
 ROLLBACK_POLL_S = 1.0
+# Nice value of the adaptation thread: fine-tuning gets the CPU time the pipeline leaves.
+ADAPTATION_NICE = 10
 
 Classifier = FewShotClassifier | FineTunedClassifier
 
@@ -48,6 +51,19 @@ class PipelineLike(Protocol):
     def call_between_batches(self, action: Any) -> None: ...
 
     def refresh_support(self) -> None: ...
+
+
+def lower_thread_priority() -> None:
+    """Give the calling thread the nice value ADAPTATION_NICE, so the pipeline thread wins the CPU.
+
+    On Linux the nice value belongs to each thread and is inherited by the threads it
+    starts. With torch 2.13's CPU build (OpenMP backend) the OpenMP worker that this
+    thread's parallel operations start was checked to carry the same nice value.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ADAPTATION_NICE)
+    except (AttributeError, OSError) as exc:
+        log.info("adaptation runs at normal priority: %s", exc)
 
 
 def activate(pipeline: PipelineLike, classifier: Classifier) -> None:
@@ -142,6 +158,7 @@ class AdaptationWorker:
     # Loop
 
     def _run(self) -> None:
+        lower_thread_priority()
         while not self._stop.is_set():
             self._changed.wait(timeout=ROLLBACK_POLL_S)
             if self._stop.is_set():

@@ -93,7 +93,7 @@ def add_model_parser(sub: Any, add_config_options: Any) -> None:
         "rollback", help="make VERSION active in the running agent",
         description=(
             "Ask the running agent to serve VERSION (a name from 'model list', or 'base' for the "
-            "meta-trained checkpoint with ProtoNet) and wait for its answer. Exits 0 when applied, "
+            "meta-trained checkpoint with ProtoNet) and wait for the result. Exits 0 when applied, "
             "1 when the agent rejected it, 3 when no agent applied it in time."
         ),
     )
