@@ -5,6 +5,7 @@ Only loopback addresses are ever used: the broker listens on 127.0.0.1 and nowhe
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -84,6 +85,9 @@ class MosquittoBroker:
         ]
         if self.persistence:
             lines += [
+                # Started as root, mosquitto 2 switches to the user "mosquitto", which
+                # cannot write its database into our folder; stay the user we are.
+                f"user {getpass.getuser()}",
                 "persistence true",
                 f"persistence_location {self.workdir}/",
                 "autosave_interval 1",
