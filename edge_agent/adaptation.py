@@ -48,8 +48,8 @@ class AdaptationSettings:
     """Hyper-parameters of one fine-tuning run and of its leave-out check."""
 
     steps: int = 20
-    inner_lr: float = 1e-3
-    leave_out_folds: int = 3
+    inner_lr: float = 1e-4
+    leave_out_folds: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -386,9 +386,10 @@ class AdaptationConfig(_Section):
         le=1,
     )
     leave_out_folds: int = _field(
-        3,
+        2,
         "Folds of the leave-out check that decides whether a fine-tuned model "
-        "replaces the current one (reptile only).",
+        "replaces the current one (reptile only). Each fold costs one more "
+        "fine-tuning run.",
         unit="folds",
         ge=2,
         le=20,
