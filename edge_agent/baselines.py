@@ -95,7 +95,7 @@ def pretrain_supervised(
 ) -> EmbeddingNet:
     """Train an embedding with a linear head over all source classes by cross-entropy.
 
-    `features[k]` holds the transformed windows of source class k, shape (n_k, 1, n_bins).
+    `features[k]` contains the transformed windows of source class k, shape (n_k, 1, n_bins).
     Returns the embedding (head discarded) in eval mode.
     """
     inputs = torch.cat(list(features))

@@ -4,7 +4,7 @@
 of a scenario (see `edge_agent.scenarios`). Support windows come from the first
 `support_fraction` of each test recording and query windows from after a one-window gap,
 so the two never share a sample. The episodes depend on the seed only, so every
-checkpoint and baseline sees the same episodes. Accuracy is the mean query accuracy over
+checkpoint and baseline is scored on the same episodes. Accuracy is the mean query accuracy over
 episodes, with a 95% confidence interval of 1.96 standard errors.
 """
 
@@ -26,7 +26,7 @@ from edge_agent.datasets.cwru import Recording
 from edge_agent.errors import CheckpointError
 from edge_agent.features import get_transform
 from edge_agent.scenarios import NORMAL_LABEL, TargetRecording, cross_load_test_loads, source_side, target_side
-from edge_agent.splits import cut_windows, split_in_time
+from edge_agent.splits import Windows, cut_windows, split_in_time
 from edge_agent.training import _build_pools, _check_pool_sizes, _ClassPool, _sample_episode
 
 SUPPORT_FRACTION = 0.3
@@ -66,6 +66,11 @@ class SettingResult:
         }
 
 
+def split_support_query(signal: np.ndarray, window_size: int, hop: int, support_fraction: float) -> tuple[Windows, Windows]:
+    """Cut support windows from the first `support_fraction` of `signal` and query windows after a one-window gap."""
+    return split_in_time(signal, window_size, hop, int(len(signal) * support_fraction))
+
+
 def build_pools_for_test(
     recordings: Sequence[Recording],
     *,
@@ -79,8 +84,7 @@ def build_pools_for_test(
     classes = sorted({recording.label for recording in recordings})
     support_windows, query_windows = [], []
     for recording in recordings:
-        boundary = int(len(recording.signal) * support_fraction)
-        first, second = split_in_time(recording.signal, window_size, hop, boundary)
+        first, second = split_support_query(recording.signal, window_size, hop, support_fraction)
         support_windows.append(first)
         query_windows.append(second)
     transform = get_transform(input_transform)

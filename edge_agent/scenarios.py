@@ -1,7 +1,7 @@
 """The source and test sides of the two CWRU few-shot scenarios.
 
 - `cross-load`: meta-train on some motor loads, test on the others. The normal class
-  has one recording only (record 97, 0 hp), so when 0 hp is a test load, the normal
+  has one recording only (record 97, 0 hp). So when 0 hp is a test load, the normal
   recording is split in time: its first `NORMAL_SOURCE_FRACTION` feeds meta-training,
   and the test side starts one window after that part ends. Every other recording is on
   one side only. At 3 hp there is no normal recording, so that test side has 9 classes.
@@ -32,7 +32,7 @@ NOVEL_CLASS_TEST_LOAD = 0
 
 @dataclass(frozen=True)
 class TargetRecording:
-    """A test-side recording: `recording.signal` is samples [start, stop) of record `record_id`."""
+    """A test-side recording: `recording.signal` contains samples [start, stop) of its record."""
 
     recording: Recording
     start: int
@@ -91,7 +91,10 @@ def target_side(
     source_set = set(source_loads)
     test_loads = set(ALL_LOADS) - source_set
     if not test_loads:
-        raise ValueError(f"cross-load needs at least one test load outside the source loads {sorted(source_set)}")
+        raise ValueError(
+            f"cross-load has no test load: the model was trained on loads {sorted(source_set)}; "
+            f"meta-train with --loads leaving out the loads to test on"
+        )
     normal_in_source = any(r.label == NORMAL_LABEL and r.load_hp in source_set for r in recordings)
     selected = []
     for recording in recordings:

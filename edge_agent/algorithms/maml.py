@@ -63,7 +63,7 @@ class Maml(MetaLearner):
         steps: int,
         lr: float = 1e-3,
         inner_steps: int = 3,
-        inner_lr: float = 0.05,
+        inner_lr: float = 0.005,
         test_inner_steps: int | None = None,
         meta_batch: int = 2,
         head_init: str = "prototype",

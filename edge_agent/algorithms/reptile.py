@@ -34,10 +34,10 @@ class Reptile(MetaLearner):
         *,
         steps: int,
         outer_lr: float = 1.0,
-        inner_steps: int = 5,
-        inner_lr: float = 0.02,
+        inner_steps: int = 4,
+        inner_lr: float = 0.005,
         test_inner_steps: int | None = None,
-        meta_batch: int = 4,
+        meta_batch: int = 2,
         head_init: str = "prototype",
         lr: float | None = None,
     ) -> None:
