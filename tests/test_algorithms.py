@@ -148,3 +148,20 @@ def test_make_learner_rejects_unknown():
         make_learner("relation", EmbeddingNet(**TINY), steps=1)
     with pytest.raises(ValueError, match=r"invalid options for algorithm 'protonet': \['inner_steps'\]"):
         make_learner("protonet", EmbeddingNet(**TINY), steps=1, inner_steps=3)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_same_seed_same_weights(tones, algorithm):
+    train, _ = tones
+    settings = {
+        "window_size": 256, "hop": 128, "n_way": 3, "n_shot": 2, "n_query": 2, "episodes": 3, "seed": 0,
+        "progress": False, "validation": 0.0, "architecture": TINY, "algorithm": algorithm,
+        "algorithm_options": {"meta_batch": 2, "inner_steps": 2},
+    }
+    first, _ = meta_train(train, **settings)
+    second, _ = meta_train(train, **settings)
+    third, _ = meta_train(train, **{**settings, "seed": 1})
+
+    for name, value in first.state_dict().items():
+        torch.testing.assert_close(second.state_dict()[name], value, rtol=0, atol=0)
+    assert any(not torch.equal(third.state_dict()[name], value) for name, value in first.state_dict().items())
