@@ -184,7 +184,11 @@ class TaskBuffer:
         size differs from the stored examples' size.
         """
         if not windows:
-            return LabelResult(added=0, duplicates=0, evicted=0)
+            # A label redelivered after a restart finds no windows in memory, but may
+            # have been stored before the crash: report it as applied then.
+            with self._lock:
+                exists = self._label_exists(self._require_open(), stream, event)
+            return LabelResult(added=0, duplicates=0, evicted=0, already_applied=exists)
         size = self._check_window_sizes(windows)
 
         with self._lock:

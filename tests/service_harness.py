@@ -28,6 +28,8 @@ from edge_agent.model import EmbeddingNet
 FS = 12000.0
 WINDOW = 600
 ARCHITECTURE = {"channels": [4, 8], "kernel_size": 3, "embedding_dim": 8}
+# The agent's log line once it is connected with its model loaded (READY=1 to systemd).
+READY_LINE = "edge_agent.agent: ready"
 
 
 def make_checkpoint(path: Path) -> Path:
