@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of PyTorch; a bare "torch" would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-DATA_DIR ?= ../shared/data/cwru
+# Empty: the demo plays a simulated line. DATA_DIR=DIR plays the CWRU recordings in DIR.
+DATA_DIR ?=
 
 .PHONY: venv demo test test-fast bench clean
 
@@ -17,9 +18,9 @@ $(BIN)/edge-agent: pyproject.toml
 
 venv: $(BIN)/edge-agent
 
-## demo: broker, checkpoint, agent and a replay of CWRU load 3, then the report
+## demo: broker, agent and a simulated line (or CWRU load 3 with DATA_DIR=...), then the report
 demo: venv
-	$(BIN)/edge-agent demo --data-dir "$(DATA_DIR)"
+	$(BIN)/edge-agent demo $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
 
 ## test: the whole test suite (the command CI runs)
 test: venv

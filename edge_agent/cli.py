@@ -43,6 +43,13 @@ def _default_data_dir() -> str:
     return os.environ.get("EDGE_AGENT_CWRU_DIR") or os.environ.get("DATA_DIR") or DEFAULT_DATA_DIR
 
 
+def _add_protocol_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mqtt-protocol", choices=["5", "3.1.1"], default="5",
+        help="MQTT version of this command's connection to --broker (default: 5)",
+    )
+
+
 # run / check-config
 
 
@@ -108,10 +115,15 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or "INFO")
     if args.threads:
         torch.set_num_threads(args.threads)
-    recordings = load_cwru(args.data_dir, loads=args.loads)
     options = algorithm_options(args)
     scenario = None
-    if args.dataset == "cwru":
+    if args.dataset == "simulated":
+        from edge_agent.simulation import simulate_training_recordings
+
+        recordings = simulate_training_recordings(
+            machines=args.machines, loads=args.loads, seed=args.seed, per_machine_classes=True
+        )
+    else:
         # The scenario may take the first part of a recording outside --loads (normal at 0 hp).
         recordings, scenario = scenario_recordings(args, load_cwru(args.data_dir))
     model, metadata = meta_train(
@@ -133,7 +145,9 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     )
     if scenario is not None:
         metadata["scenario"] = scenario
-    metadata["dataset"] = "cwru"
+    metadata["dataset"] = args.dataset
+    if args.dataset == "simulated":
+        metadata["simulated_machines"] = args.machines
     saved = save_checkpoint(args.out, model, metadata)
     print(f"checkpoint written to {args.out} (sha256 {saved.get('weights_sha256', '')[:16]})")
     return 0
@@ -159,11 +173,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
             segment_s=args.segment_s, gap_s=0.5, t0=t0, seed=args.seed,
         )
 
-    options = ReplayOptions(speed=args.speed, line=args.line, agent_id=args.agent_id, chunk_samples=args.chunk_samples)
-    report = run_replay(
-        args.broker, make_plan, {r.record_id: r.signal for r in recordings}, options,
-        on_progress=(lambda text: print(text, file=sys.stderr)) if args.verbose else None,
+    options = ReplayOptions(
+        speed=args.speed, line=args.line, agent_id=args.agent_id, chunk_samples=args.chunk_samples,
+        protocol=args.mqtt_protocol,
     )
+    monitor = None
+    if not args.no_live:
+        from edge_agent.live import LiveMonitor
+
+        monitor = LiveMonitor(args.broker, agent_id=args.agent_id, protocol=args.mqtt_protocol, title="edge-agent replay")
+
+    def make_monitored_plan(window_size: int, hop: int, t0: float):
+        plan = make_plan(window_size, hop, t0)
+        if monitor is not None:
+            monitor.set_plan(plan)
+        return plan
+
+    if monitor is not None:
+        monitor.start()
+    try:
+        report = run_replay(
+            args.broker, make_monitored_plan, {r.record_id: r.signal for r in recordings}, options,
+            on_progress=monitor.note if monitor is not None else (lambda text: print(text, file=sys.stderr)) if args.verbose else None,
+        )
+    finally:
+        if monitor is not None:
+            monitor.stop()
     report["settings"] = {
         "dataset": args.dataset, "loads": args.loads, "n_shot": args.n_shot, "speed": args.speed,
         "seed": args.seed, "assets": args.assets, "segment_s": args.segment_s,
@@ -172,6 +207,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"report written to {args.report}")
+    if args.plots:
+        from edge_agent.plots import write_replay_plots
+
+        for path in write_replay_plots(report, args.plots):
+            print(f"plot written to {path}")
+    return 0
+
+
+# status / label
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edge_agent.operator_commands import format_status, read_status
+
+    record = read_status(args.broker, args.agent_id, protocol=args.mqtt_protocol, timeout_s=args.timeout_s)
+    print(json.dumps(record, indent=2) if args.json else format_status(record))
+    return 0 if record.get("state") == "online" else 1
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from edge_agent.operator_commands import parse_time, publish_label
+
+    result = publish_label(
+        args.broker, line=args.line, asset=args.asset, start=parse_time(args.start), end=parse_time(args.end),
+        label=args.label_class, agent_id=args.agent_id or None, protocol=args.mqtt_protocol, wait_s=args.wait_s,
+    )
+    print(result)
     return 0
 
 
@@ -217,7 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
         "meta-train", help="meta-train the embedding on source recordings",
         description="Meta-train the few-shot embedding with ProtoNet, Reptile, MAML or first-order MAML and write a checkpoint atomically.",
     )
-    train.add_argument("--dataset", choices=["cwru"], default="cwru", help="source dataset (default: cwru)")
+    train.add_argument(
+        "--dataset", choices=["cwru", "simulated"], default="cwru",
+        help="source dataset: CWRU recordings from --data-dir, or bearings simulated from their geometry (default: cwru)",
+    )
+    train.add_argument("--machines", type=int, default=24, help="with --dataset simulated: random machines to simulate (default: 24)")
     train.add_argument("--data-dir", default=_default_data_dir(), help="folder of the CWRU .mat files (default: $EDGE_AGENT_CWRU_DIR or %(default)s)")
     train.add_argument("--loads", type=_int_list, default=[0, 1, 2], help="motor loads in hp to train on, e.g. 0,1,2 (default)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -257,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--chunk-samples", type=int, default=1200, help="samples per published chunk (default: 1200)")
     replay.add_argument("--line", default="replay", help="line name in the topics (default: replay)")
     replay.add_argument("--agent-id", default="edge-01", help="agent_id of the agent under test (default: edge-01)")
+    replay.add_argument("--plots", metavar="DIR", help="write confusion, accuracy-over-time and latency PNGs into DIR")
+    replay.add_argument("--no-live", action="store_true", help="no live view (on a terminal) or periodic progress lines (otherwise)")
+    _add_protocol_option(replay)
     replay.add_argument("--report", metavar="FILE", help="write the JSON report here")
     replay.add_argument("--verbose", "-v", action="store_true", help="print each label as it is published")
     replay.set_defaults(func=cmd_replay)
@@ -264,18 +333,63 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="run the whole loop on this machine and print the report",
         description=(
-            "Start a private broker on a free loopback port, meta-train a checkpoint if none exists, "
-            "start the agent, replay CWRU load 3 with 5 labels per class, and print the report."
+            "Start a broker on a free loopback port (Mosquitto when installed, else amqtt in this process), "
+            "start the agent with the shipped checkpoint, play a simulated line of four assets, label the "
+            "first 5 windows of each class, and print the report. With --data-dir, play CWRU load 3 instead."
         ),
     )
-    demo.add_argument("--data-dir", default=_default_data_dir(), help="folder of the CWRU .mat files")
+    demo.add_argument(
+        "--data-dir", metavar="DIR",
+        help="play the CWRU load-3 recordings from DIR instead of the simulated line (meta-trains on loads 0-2 first)",
+    )
     demo.add_argument("--broker", metavar="mqtt://HOST:PORT", help="use this broker instead of starting one")
-    demo.add_argument("--workdir", default="runs/demo", help="where the checkpoint, config, buffer and report go (default: %(default)s)")
-    demo.add_argument("--speed", type=_positive_float, default=20.0, help="replay speed, times real time (default: 20)")
+    demo.add_argument(
+        "--embedded-broker", choices=["auto", "mosquitto", "amqtt"], default="auto",
+        help="broker to start without --broker: auto takes Mosquitto when installed, else amqtt (default: auto)",
+    )
+    _add_protocol_option(demo)
+    demo.add_argument("--checkpoint", metavar="FILE", help="checkpoint to use (default: the one shipped in the package; with --data-dir, WORKDIR/model.pt)")
+    demo.add_argument("--workdir", default="runs/demo", help="where the config, buffer, report and CWRU checkpoint go (default: %(default)s)")
+    demo.add_argument("--speed", type=_positive_float, default=10.0, help="replay speed, times real time (default: 10)")
+    demo.add_argument("--duration-s", type=_positive_float, default=24.0, help="seconds of simulated signal per class (default: 24)")
     demo.add_argument("--n-shot", type=int, default=5, help="windows labelled per class (default: 5)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    demo.add_argument("--plots", metavar="DIR", help="write confusion, accuracy-over-time and latency PNGs into DIR")
+    demo.add_argument("--no-live", action="store_true", help="no live view (on a terminal) or periodic progress lines (otherwise)")
     demo.set_defaults(func=cmd_demo)
     add_evaluate_parser(sub, _default_data_dir())
+
+    status = sub.add_parser(
+        "status", help="print an agent's health, model, classes and counters",
+        description="Read the agent's retained status record from the broker and print it.",
+    )
+    status.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="mqtt://HOST:PORT", help="broker the agent uses (default: %(default)s)")
+    status.add_argument("--agent-id", default="edge-01", help="the agent's agent_id (default: %(default)s)")
+    status.add_argument("--timeout-s", type=_positive_float, default=5.0, help="how long to wait for the status record (default: 5)")
+    status.add_argument("--json", action="store_true", help="print the raw status record as JSON")
+    _add_protocol_option(status)
+    status.set_defaults(func=cmd_status)
+
+    label = sub.add_parser(
+        "label", help="publish a label: this asset had this class between two times",
+        description=(
+            "Publish one label, as a technician or the MES would, and wait until the agent applies it. "
+            "Times are epoch seconds or ISO 8601 (without an offset: this machine's local time)."
+        ),
+    )
+    label.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="mqtt://HOST:PORT", help="broker the agent uses (default: %(default)s)")
+    label.add_argument("--line", required=True, help="line name in the topic, e.g. replay")
+    label.add_argument("--asset", required=True, help="asset name in the topic, e.g. asset-1")
+    label.add_argument("--start", required=True, help="start of the labelled range")
+    label.add_argument("--end", required=True, help="end of the labelled range")
+    label.add_argument("--class", dest="label_class", required=True, metavar="CLASS", help="class name, e.g. inner_race_007")
+    label.add_argument(
+        "--agent-id", default="edge-01",
+        help="wait for this agent to apply the label; an empty string publishes without waiting (default: %(default)s)",
+    )
+    label.add_argument("--wait-s", type=_positive_float, default=10.0, help="how long to wait for the agent (default: 10)")
+    _add_protocol_option(label)
+    label.set_defaults(func=cmd_label)
 
     add_model_parser(sub, _add_config_options)
     return parser
