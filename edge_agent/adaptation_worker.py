@@ -178,23 +178,31 @@ class AdaptationWorker:
             self.adapt_once()
 
     def adapt_once(self) -> str:
-        """Fine-tune on the buffer's support set now; return "accepted", "rejected", "failed" or "skipped"."""
+        """Fine-tune on the buffer's support set now; return "accepted", "rejected", "failed" or "skipped".
+
+        Any error (buffer, fine-tuning, store) is logged with its traceback and counted
+        as a failed adaptation, and the current model keeps serving.
+        """
+        try:
+            return self._adapt()
+        except Exception:  # noqa: BLE001 - a failed run must leave the current model serving
+            log.exception("adaptation failed; version %s keeps serving", self.active_version)
+            self.counters.add("adaptations_failed")
+            self.last_result = {"result": "failed", "ts": time.time()}
+            return "failed"
+
+    def _adapt(self) -> str:
         support = {
             name: windows for name, windows in self.buffer.support().items() if len(windows) >= self.n_shot_min
         }
         if len(support) < 2:
             return "skipped"
-        try:
-            stacked = SupportSet.from_mapping(support, self._window_size)
-            if stacked.fingerprint == self._adapted_fingerprint:
-                return "skipped"
-            self._adapted_fingerprint = stacked.fingerprint
-            candidate = adapt(self.base_model, self._current_embedding, stacked, self._transform, self.settings, self.device)
-        except Exception:  # noqa: BLE001 - a failed run must leave the current model serving
-            log.exception("adaptation on %d classes failed; version %s keeps serving", len(support), self.active_version)
-            self.counters.add("adaptations_failed")
-            self.last_result = {"result": "failed", "ts": time.time()}
-            return "failed"
+        stacked = SupportSet.from_mapping(support, self._window_size)
+        if stacked.fingerprint == self._adapted_fingerprint:
+            return "skipped"
+        # Set before the run, so a support set that fails or is rejected is not retried.
+        self._adapted_fingerprint = stacked.fingerprint
+        candidate = adapt(self.base_model, self._current_embedding, stacked, self._transform, self.settings, self.device)
 
         check = candidate.check
         self.last_result = {"ts": time.time(), "adapt_s": round(candidate.duration_s, 3), **check.as_dict()}

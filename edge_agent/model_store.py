@@ -130,7 +130,10 @@ class ModelStore:
 
     def _read_index(self) -> dict[str, Any]:
         if not self.index_path.exists():
-            return {"format_version": INDEX_FORMAT_VERSION, "active": None, "next_number": 1, "versions": []}
+            # Numbers of version files left by a lost index are not reused.
+            numbers = [int(path.stem[1:]) for path in self.dir.glob("v*.pt") if path.stem[1:].isdigit()]
+            next_number = max(numbers, default=0) + 1
+            return {"format_version": INDEX_FORMAT_VERSION, "active": None, "next_number": next_number, "versions": []}
         try:
             data = json.loads(self.index_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -263,12 +266,19 @@ class ModelStore:
     def load_active_or_previous(self, device: torch.device, *, base_sha256: str | None = None) -> LoadedVersion | None:
         """Load the active version, or the newest older one that loads, or None for the base checkpoint.
 
-        A version whose file is missing or corrupt is logged at ERROR and skipped. With
+        A version whose file is missing or corrupt is logged at ERROR and skipped, and an
+        unreadable index is moved to `index.json.corrupt` and logged at ERROR. With
         `base_sha256`, a version fine-tuned from another base checkpoint is skipped with
         a WARNING, because it no longer matches `model.checkpoint`. When another version
         than the recorded active one is loaded, the index is updated to it.
         """
-        index = self._read_index()
+        try:
+            index = self._read_index()
+        except StorageError as exc:
+            aside = self.index_path.with_name(f"{INDEX_FILE}.corrupt")
+            os.replace(self.index_path, aside)
+            log.error("%s. Moved it to %s; serving the base checkpoint with a new index", exc, aside)
+            return None
         active = index.get("active")
         if not active:
             return None

@@ -411,3 +411,29 @@ def test_cli_list_marks_active(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert lines[3].split()[:2] == ["*", "v2"]
     assert lines[3].split()[3:6] == ["v1", "4", "20"]
     assert lines[-1].startswith("active: v2")
+
+
+def test_worker_survives_store_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker, pipeline = make_worker(tmp_path, tone_support(), steps=2, inner_lr=1e-3)
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(worker.store, "save", full_disk)
+    assert worker.adapt_once() == "failed"
+    assert worker.counters.get("adaptations_failed") == 1
+    assert isinstance(pipeline.classifier, FewShotClassifier)
+
+
+def test_store_moves_corrupt_index_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = accepted_versions(tmp_path, 2).store
+    store.index_path.write_text("{not json", encoding="utf-8")
+    with caplog.at_level(logging.ERROR, logger="edge_agent.model_store"):
+        assert store.load_active_or_previous(CPU) is None
+    assert (store.dir / "index.json.corrupt").exists()
+    assert "index.json" in caplog.text
+    assert store.versions() == []
+
+    worker, _ = make_worker(tmp_path, tone_support(seed=99), steps=1)
+    assert worker.adapt_once() == "accepted"
+    assert worker.active_version == "v3"
