@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 # Empty: the demo plays a simulated line. DATA_DIR=DIR plays the CWRU recordings in DIR.
 DATA_DIR ?=
+# More options for `edge-agent demo`, e.g. DEMO_ARGS="--embedded-broker amqtt --plots runs/demo/plots".
+DEMO_ARGS ?=
 
 .PHONY: venv demo test test-fast bench clean
 
@@ -20,7 +22,7 @@ venv: $(BIN)/edge-agent
 
 ## demo: broker, agent and a simulated line (or CWRU load 3 with DATA_DIR=...), then the report
 demo: venv
-	$(BIN)/edge-agent demo $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
+	$(BIN)/edge-agent demo $(if $(DATA_DIR),--data-dir "$(DATA_DIR)") $(DEMO_ARGS)
 
 ## test: the whole test suite (the command CI runs)
 test: venv
