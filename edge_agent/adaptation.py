@@ -43,6 +43,10 @@ from edge_agent.model import EmbeddingNet
 from edge_agent.protonet import prototypes
 
 
+class AdaptationCancelled(AdaptationError):
+    """A fine-tuning run stopped early because its `cancel` event was set."""
+
+
 @dataclass(frozen=True)
 class AdaptationSettings:
     """Hyper-parameters of one fine-tuning run and of its leave-out check."""
@@ -161,12 +165,14 @@ def fine_tune(
     labels: torch.Tensor,
     n_way: int,
     settings: AdaptationSettings,
+    cancel: threading.Event | None = None,
 ) -> tuple[EmbeddingNet, torch.Tensor, torch.Tensor]:
     """Fine-tune a copy of `base` and a prototype-initialised linear head on one support set.
 
     `inputs` are transformed windows (N, 1, n_bins), `labels` (N,) integers in
     [0, n_way). `base` is not changed. Returns the fine-tuned embedding in eval mode and
-    the head's weight (n_way, D) and bias (n_way,), all detached.
+    the head's weight (n_way, D) and bias (n_way,), all detached. Raises
+    AdaptationCancelled at the next step once `cancel` is set.
     """
     torch.manual_seed(settings.seed)
     embedding = copy.deepcopy(base)
@@ -182,6 +188,8 @@ def fine_tune(
 
     optimizer = torch.optim.Adam([*embedding.parameters(), weight, bias], lr=settings.inner_lr)
     for _ in range(settings.steps):
+        if cancel is not None and cancel.is_set():
+            raise AdaptationCancelled("fine-tuning cancelled because the agent is stopping")
         optimizer.zero_grad(set_to_none=True)
         logits = F.linear(embedding(inputs), weight, bias)
         loss = F.cross_entropy(logits, labels)
@@ -217,6 +225,7 @@ def leave_out_check(
     labels: torch.Tensor,
     n_way: int,
     settings: AdaptationSettings,
+    cancel: threading.Event | None = None,
 ) -> LeaveOutResult:
     """Compare fine-tuning from `base` with nearest prototype over `current` on held-out examples.
 
@@ -238,7 +247,7 @@ def leave_out_check(
         train_inputs, train_labels = inputs[~mask], labels[~mask]
         test_inputs, test_labels = inputs[mask], labels[mask]
 
-        embedding, weight, bias = fine_tune(base, train_inputs, train_labels, n_way, settings)
+        embedding, weight, bias = fine_tune(base, train_inputs, train_labels, n_way, settings, cancel)
         with torch.inference_mode():
             candidate_predictions = F.linear(embedding(test_inputs), weight, bias).argmax(dim=1)
             current_prototypes = prototypes(current(train_inputs), train_labels, n_way)
@@ -258,6 +267,7 @@ def adapt(
     transform: Callable[[torch.Tensor], torch.Tensor],
     settings: AdaptationSettings,
     device: torch.device,
+    cancel: threading.Event | None = None,
 ) -> Candidate:
     """Run the leave-out check and fine-tune a candidate on the whole support set.
 
@@ -272,8 +282,8 @@ def adapt(
     labels = torch.as_tensor(support.labels, device=device)
     n_way = len(support.classes)
 
-    check = leave_out_check(base, current, inputs, labels, n_way, settings)
-    embedding, weight, bias = fine_tune(base, inputs, labels, n_way, settings)
+    check = leave_out_check(base, current, inputs, labels, n_way, settings, cancel)
+    embedding, weight, bias = fine_tune(base, inputs, labels, n_way, settings, cancel)
     duration_s = time.perf_counter() - started
     return Candidate(embedding, weight, bias, support, check, duration_s, asdict(settings))
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from edge_agent.adaptation import AdaptationSettings, FineTunedClassifier, SupportSet, adapt
+from edge_agent.adaptation import AdaptationCancelled, AdaptationSettings, FineTunedClassifier, SupportSet, adapt
 from edge_agent.buffer import TaskBuffer
 from edge_agent.config import AgentConfig
 from edge_agent.classifier import FewShotClassifier
@@ -178,13 +178,16 @@ class AdaptationWorker:
             self.adapt_once()
 
     def adapt_once(self) -> str:
-        """Fine-tune on the buffer's support set now; return "accepted", "rejected", "failed" or "skipped".
+        """Fine-tune on the buffer's support set now; return "accepted", "rejected", "failed", "skipped" or "cancelled".
 
         Any error (buffer, fine-tuning, store) is logged with its traceback and counted
         as a failed adaptation, and the current model keeps serving.
         """
         try:
             return self._adapt()
+        except AdaptationCancelled:
+            log.info("adaptation cancelled: the agent is stopping")
+            return "cancelled"
         except Exception:  # noqa: BLE001 - a failed run must leave the current model serving
             log.exception("adaptation failed; version %s keeps serving", self.active_version)
             self.counters.add("adaptations_failed")
@@ -202,7 +205,9 @@ class AdaptationWorker:
             return "skipped"
         # Set before the run, so a support set that fails or is rejected is not retried.
         self._adapted_fingerprint = stacked.fingerprint
-        candidate = adapt(self.base_model, self._current_embedding, stacked, self._transform, self.settings, self.device)
+        candidate = adapt(
+            self.base_model, self._current_embedding, stacked, self._transform, self.settings, self.device, self._stop
+        )
 
         check = candidate.check
         self.last_result = {"ts": time.time(), "adapt_s": round(candidate.duration_s, 3), **check.as_dict()}

@@ -437,3 +437,11 @@ def test_store_moves_corrupt_index_aside(tmp_path: Path, caplog: pytest.LogCaptu
     worker, _ = make_worker(tmp_path, tone_support(seed=99), steps=1)
     assert worker.adapt_once() == "accepted"
     assert worker.active_version == "v3"
+
+
+def test_worker_stop_cancels_run(tmp_path: Path) -> None:
+    worker, _ = make_worker(tmp_path, tone_support(), steps=2)
+    worker._stop.set()
+    assert worker.adapt_once() == "cancelled"
+    assert worker.counters.get("adaptations_failed") == 0
+    assert worker.store.versions() == []
