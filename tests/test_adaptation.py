@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -445,3 +446,42 @@ def test_worker_stop_cancels_run(tmp_path: Path) -> None:
     assert worker.adapt_once() == "cancelled"
     assert worker.counters.get("adaptations_failed") == 0
     assert worker.store.versions() == []
+
+
+def test_pipeline_swaps_model_between_batches(tmp_path: Path) -> None:
+    from test_pipeline import Harness
+
+    harness = Harness(tmp_path)
+    low = harness.signal("a1", "low", 4)
+    high = harness.signal("a2", "high", 4)
+    harness.label("a1", low[0], low[1], "low_tone")
+    harness.label("a2", high[0], high[1], "high_tone")
+    worker = AdaptationWorker(
+        base_model=base_model(), base_metadata=METADATA, device=CPU, store=ModelStore(tmp_path),
+        buffer=harness.buffer, settings=AdaptationSettings(steps=3, inner_lr=1e-3), debounce_s=0.0,
+        n_shot_min=1, counters=Counters(),
+    )
+    worker._pipeline = harness.pipeline
+
+    assert worker.adapt_once() == "accepted"
+    # Queued for the pipeline thread: the batch in flight still uses the old model.
+    assert isinstance(harness.pipeline.classifier, FewShotClassifier)
+
+    stop = threading.Event()
+    thread = threading.Thread(target=harness.pipeline.run, args=(stop,))
+    thread.start()
+    try:
+        for _ in range(100):
+            if harness.pipeline.classifier.model_version == "v1":
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert harness.pipeline.classifier.model_version == "v1"
+
+    harness.signal("a3", "high", 1)
+    diagnosis = harness.diagnoses()[-1]
+    assert diagnosis["model_version"] == "v1"
+    assert diagnosis["label"] == "high_tone"
+    harness.buffer.close()
