@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_option(demo)
     demo.add_argument("--checkpoint", metavar="FILE", help="checkpoint to use (default: the one shipped in the package; with --data-dir, WORKDIR/model.pt)")
     demo.add_argument("--workdir", default="runs/demo", help="where the config, buffer, report and CWRU checkpoint go (default: %(default)s)")
-    demo.add_argument("--speed", type=_positive_float, default=10.0, help="replay speed, times real time (default: 10)")
+    demo.add_argument("--speed", type=_positive_float, default=5.0, help="replay speed, times real time (default: 5)")
     demo.add_argument("--duration-s", type=_positive_float, default=24.0, help="seconds of simulated signal per class (default: 24)")
     demo.add_argument("--n-shot", type=int, default=5, help="windows labelled per class (default: 5)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
