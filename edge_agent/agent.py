@@ -170,6 +170,7 @@ class Agent:
         self._file_watch = FileWatch(config_path) if config_path is not None else None
         self._ready_sent = False
         self._next_watch = 0.0
+        self._rate_base: tuple[float, dict[str, int]] = (time.monotonic(), {})
         apply_test_hooks(self.pipeline)
 
     def _make_assembler(self, config: AgentConfig) -> WindowAssembler:
@@ -371,12 +372,17 @@ class Agent:
     def systemd_status(self) -> str:
         """Return the one-line STATUS= text that `systemctl status` shows."""
         counters = self.counters.snapshot()
-        uptime_s = max(time.time() - self.started_at, 1e-9)
-        rate = counters.get("messages_received", 0) / uptime_s
+        now = time.monotonic()
+        # Rates over the time since the previous STATUS= line (since the start for the first).
+        since, previous = self._rate_base
+        elapsed_s = max(now - since, 1e-9)
+        received_rate = (counters.get("messages_received", 0) - previous.get("messages_received", 0)) / elapsed_s
+        diagnosis_rate = (counters.get("diagnoses_published", 0) - previous.get("diagnoses_published", 0)) / elapsed_s
+        self._rate_base = (now, counters)
         link = "connected" if self.transport.connected.is_set() else "disconnected"
         return (
-            f"model {self.pipeline.classifier.model_version}, {link}, {rate:.1f} msg/s received, "
-            f"{counters.get('diagnoses_published', 0)} diagnoses, outbox {self.outbox.stats().pending}"
+            f"model {self.pipeline.classifier.model_version}, {link}, {received_rate:.1f} msg/s in, "
+            f"{diagnosis_rate:.1f} diagnoses/s out, outbox {self.outbox.stats().pending}"
         )
 
     # Live reconfiguration
