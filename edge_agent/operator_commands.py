@@ -118,6 +118,12 @@ def format_status(record: dict[str, Any]) -> str:
             lines.append(f"  {name:<24}{count:>6}{'' if name in ready else '  (too few to diagnose)'}")
     else:
         lines.append("classes           none yet; publish labels with 'edge-agent label'")
+    connection = record.get("connection", {})
+    if connection:
+        lines.append(f"broker link       {connection.get('connects', 0)} connects, {connection.get('disconnects', 0)} disconnects")
+    outbox = record.get("outbox", {})
+    if outbox:
+        lines.append(f"outbox            {outbox.get('pending', 0)} diagnoses pending, {outbox.get('dropped', 0)} dropped")
     counters = dict(record.get("counters", {}))
     if counters:
         lines.append("counters")
