@@ -35,7 +35,8 @@ def _open_store(args: argparse.Namespace) -> ModelStore:
 def cmd_model_list(args: argparse.Namespace) -> int:
     store = _open_store(args)
     active = store.active_version()
-    rows = [("", "VERSION", "CREATED (UTC)", "PARENT", "CLASSES", "SHOTS", "LEAVE-OUT", "CURRENT")]
+    # Leave-out accuracies of the version and of its parent, measured when the version was made.
+    rows = [("", "VERSION", "CREATED (UTC)", "PARENT", "CLASSES", "SHOTS", "ACCURACY", "PARENT_ACCURACY")]
     rows.append(("*" if active == BASE_VERSION else "", BASE_VERSION, "", "", "", "", "", ""))
     for record in store.versions():
         leave_out = record.leave_out
@@ -53,6 +54,9 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     print(f"active: {active} ('*'); store: {store.dir}")
+    pending = store.pending_rollback()
+    if pending is not None:
+        print(f"pending rollback to {pending.get('version')}: the agent applies it within a second of running")
     return 0
 
 

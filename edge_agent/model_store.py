@@ -323,6 +323,14 @@ class ModelStore:
         write_json_atomically(self.dir / ROLLBACK_REQUEST_FILE, request)
         return request_id
 
+    def pending_rollback(self) -> dict[str, Any] | None:
+        """Return the rollback request that no agent has taken yet, or None."""
+        try:
+            request = json.loads((self.dir / ROLLBACK_REQUEST_FILE).read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return request if isinstance(request, dict) else None
+
     def take_rollback_request(self) -> dict[str, Any] | None:
         """Read and delete a pending rollback request; None when there is none."""
         path = self.dir / ROLLBACK_REQUEST_FILE

@@ -373,6 +373,8 @@ def test_cli_rollback_without_agent(tmp_path: Path, capsys: pytest.CaptureFixtur
     code = cli_main(["model", "rollback", "v1", "--config", str(write_config(tmp_path)), "--wait-s", "0.3"])
     assert code == 3
     assert "applied when the agent starts" in capsys.readouterr().err
+    cli_main(["model", "list", "--config", str(write_config(tmp_path))])
+    assert "pending rollback to v1" in capsys.readouterr().out
 
     worker, pipeline = make_worker(tmp_path, tone_support())
     worker.poll_rollback()
@@ -406,7 +408,7 @@ def test_cli_list_marks_active(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code = cli_main(["model", "list", "--config", str(write_config(tmp_path))])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert lines[0].split() == ["VERSION", "CREATED", "(UTC)", "PARENT", "CLASSES", "SHOTS", "LEAVE-OUT", "CURRENT"]
+    assert lines[0].split() == ["VERSION", "CREATED", "(UTC)", "PARENT", "CLASSES", "SHOTS", "ACCURACY", "PARENT_ACCURACY"]
     assert lines[1].split() == ["base"]
     assert lines[2].split()[0] == "v1"
     assert lines[3].split()[:2] == ["*", "v2"]
