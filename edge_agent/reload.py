@@ -10,9 +10,11 @@ configuration (`diff_paths`), and each changed key is applied in one of three wa
   limits, status interval, log level, service and watch settings;
 - by reconnecting: the broker address and the other `mqtt` connection keys;
 - not at all until a restart: `agent_id`, `mqtt.client_id` (the broker keeps the
-  session by client id), `topics.status`, `storage.dir`, and the
-  `model` checkpoint and device. These are logged as needing a restart, reported
-  on the status topic, and the rest of the change still applies.
+  session by client id), `topics.status`, `storage.dir`, the
+  `model` checkpoint and device, and the fine-tuning keys (`adaptation.algorithm`,
+  `steps`, `inner_lr`, `leave_out_folds`, `debounce_s`, `storage.keep_versions`).
+  These are logged as needing a restart, reported on the status topic, and the rest
+  of the change still applies.
 
 A change of `window.size` that does not fit the loaded checkpoint is rejected like an
 invalid file, because the model cannot take other window sizes.
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 # Keys read once at start: a change is reported and waits for a restart.
 RESTART_KEYS = (
     "agent_id", "mqtt.client_id", "topics.status", "storage.dir", "model.checkpoint", "model.device",
+    # The adaptation worker and its model store are built once, at start.
+    "adaptation.algorithm", "adaptation.steps", "adaptation.inner_lr", "adaptation.leave_out_folds",
+    "adaptation.debounce_s", "storage.keep_versions",
 )
 # Keys of the broker connection: a change replaces the MQTT client.
 RECONNECT_PREFIX = "mqtt."
