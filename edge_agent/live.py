@@ -164,15 +164,15 @@ class LiveMonitor:
             f"{counters.get('messages_rejected', 0)}" + (f" ({', '.join(f'{k}: {v}' for k, v in rejected.items())})" if rejected else ""),
         )
 
-        streams = Table(title="windows/s per asset", title_justify="left", box=None)
+        streams = Table(box=None)
         streams.add_column("asset")
-        streams.add_column("rate", justify="right")
+        streams.add_column("windows/s", justify="right")
         for asset in sorted(rates):
             streams.add_row(asset, f"{rates[asset]:.1f}")
 
-        support = Table(title="support examples per class", title_justify="left", box=None)
+        support = Table(box=None)
         support.add_column("class")
-        support.add_column("windows", justify="right")
+        support.add_column("support windows", justify="right")
         ready = set(status.get("ready_classes", []))
         for name, count in sorted(status.get("classes", {}).items()):
             support.add_row(name, f"{count}" + ("" if name in ready else " (not ready)"))
@@ -188,8 +188,8 @@ class LiveMonitor:
             diagnoses.add_row(asset, diagnosis.label or "(none)", confidence, truth or "-", style=style)
 
         row = Table.grid(padding=(0, 4))
-        row.add_row(streams, support, diagnoses)
-        parts: list[Any] = [Text(self.title, style="bold"), summary, row]
+        row.add_row(streams, support)
+        parts: list[Any] = [Text(self.title, style="bold"), summary, row, diagnoses]
         parts += [Text(note, style="dim") for note in notes]
         return Group(*parts)
 
