@@ -1,7 +1,8 @@
 """An MQTT broker inside this process, for the demo on a machine without Mosquitto.
 
 `start_demo_broker` prefers Mosquitto when it is installed and otherwise runs amqtt, a
-pure-Python asyncio broker from PyPI, on its own event loop in a background thread. Both listen on 127.0.0.1 only.
+pure-Python asyncio broker from PyPI, on its own event loop in a background thread.
+Both listen on 127.0.0.1 only.
 
 Limitations: amqtt 0.12 speaks MQTT 3.1.1 only, so an agent connected to it must set
 `mqtt.protocol: "3.1.1"`, and sessions do not survive a restart of the broker.

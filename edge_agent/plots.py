@@ -15,8 +15,11 @@ ACCURACY_BIN = 50
 
 
 def write_replay_plots(report: dict[str, Any], folder: str | Path) -> list[Path]:
-    """Write confusion.png, and accuracy_over_time.png and latency.png when the report
-    holds a `timeline`, into `folder`; return the paths written."""
+    """Write the plots of `report` into `folder` and return their paths.
+
+    confusion.png always, accuracy_over_time.png and latency.png when the report
+    contains a `timeline`.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
