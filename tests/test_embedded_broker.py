@@ -105,3 +105,13 @@ def test_amqtt_listens_on_loopback_only(amqtt_broker: AmqttBroker) -> None:
 def test_demo_broker_rejects_unknown_choice(tmp_path) -> None:
     with pytest.raises(ValueError, match="prefer must be"):
         start_demo_broker(tmp_path, prefer="rabbitmq")
+
+
+def test_auto_takes_amqtt_without_mosquitto(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("edge_agent.embedded_broker.mosquitto_path", lambda: None)
+    broker = start_demo_broker(tmp_path, prefer="auto")
+    try:
+        assert isinstance(broker, AmqttBroker)
+        assert broker.protocol == "3.1.1"
+    finally:
+        broker.close()
