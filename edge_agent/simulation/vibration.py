@@ -53,6 +53,9 @@ class MachineParameters:
 
     Amplitudes are in the sensor's unit (g for the CWRU accelerometers). Resonances and
     damping ratios pair up by position.
+
+    NOTE: the bearing and speeds are the CWRU rig's, but the default resonances, damping,
+    amplitudes and noise levels are plausible values, not fitted to its recordings.
     """
 
     geometry: BearingGeometry = SKF_6205
