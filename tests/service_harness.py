@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -131,3 +133,41 @@ class AgentProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+class NotifySocket:
+    """A fake systemd: a datagram socket that records what the agent sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(path))
+        self.socket.settimeout(0.1)
+        self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.socket.recv(4096)
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(data.decode())
+
+    def received(self) -> list[str]:
+        with self._lock:
+            return list(self.messages)
+
+    def count(self, line: str) -> int:
+        return sum(1 for message in self.received() if line in message.split("\n"))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.socket.close()

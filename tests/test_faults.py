@@ -27,6 +27,7 @@ from edge_agent.transport import BrokerSettings, InboundMessage, MqttTransport, 
 from service_harness import (
     FS,
     WINDOW,
+    NotifySocket,
     READY_LINE,
     AgentProcess,
     agent_config,
@@ -49,8 +50,11 @@ def checkpoint(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def agent(tmp_path: Path, broker: MosquittoBroker, checkpoint: Path, request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
-    env = getattr(request, "param", {})
-    config = write_yaml(tmp_path / "agent.yaml", agent_config(tmp_path, broker.port, checkpoint))
+    param = getattr(request, "param", {})
+    env = param.get("env", {})
+    config = write_yaml(
+        tmp_path / "agent.yaml", agent_config(tmp_path, broker.port, checkpoint, **param.get("config", {}))
+    )
     process = AgentProcess(config, tmp_path / "agent.log", env=env)
     try:
         yield process
@@ -101,7 +105,7 @@ class ReplayThread:
         return self.report
 
 
-def print_numbers(title: str, report: dict[str, Any], **extra: Any) -> None:
+def print_numbers(capsys: pytest.CaptureFixture[str], title: str, report: dict[str, Any], **extra: Any) -> None:
     numbers = {
         **extra,
         "labels_published": report["labels_published"],
@@ -112,7 +116,8 @@ def print_numbers(title: str, report: dict[str, Any], **extra: Any) -> None:
         "diagnoses_duplicated": report["diagnoses_duplicated"],
         "diagnoses_redelivered": report["diagnoses_redelivered"],
     }
-    print(f"{title}: " + ", ".join(f"{key} {value}" for key, value in numbers.items()))
+    with capsys.disabled():
+        print(f"\n{title}: " + ", ".join(f"{key} {value}" for key, value in numbers.items()))
 
 
 def assert_nothing_lost(report: dict[str, Any]) -> None:
@@ -128,7 +133,9 @@ def support_counts(tmp_path: Path) -> dict[str, int]:
         return buffer.counts()
 
 
-def test_broker_restarts_during_replay(tmp_path: Path, broker: MosquittoBroker, agent: AgentProcess) -> None:
+def test_broker_restarts_during_replay(
+    tmp_path: Path, broker: MosquittoBroker, agent: AgentProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
     agent.start()
     assert agent.wait_for_log(READY_LINE, 60)
     replay = ReplayThread(broker, seconds=8.0)
@@ -145,15 +152,17 @@ def test_broker_restarts_during_replay(tmp_path: Path, broker: MosquittoBroker, 
     report = replay.join(180)
     log_text = agent.log_text()
     reconnects = log_text.count("session present: True")
-    print_numbers("broker restarts", report, outages_survived=reconnects)
+    print_numbers(capsys, "broker restarts", report, outages_survived=reconnects)
     assert reconnects == OUTAGES
     assert_nothing_lost(report)
     assert agent.terminate() == 0
     assert support_counts(tmp_path) == {"class_0": N_SHOT, "class_1": N_SHOT, "class_2": N_SHOT}
 
 
-@pytest.mark.parametrize("agent", [{"EDGE_AGENT_TEST_ADAPTATION_DELAY_S": "2"}], indirect=True)
-def test_agent_killed_during_replay(tmp_path: Path, broker: MosquittoBroker, agent: AgentProcess, checkpoint: Path) -> None:
+@pytest.mark.parametrize("agent", [{"env": {"EDGE_AGENT_TEST_ADAPTATION_DELAY_S": "2"}}], indirect=True)
+def test_agent_killed_during_replay(
+    tmp_path: Path, broker: MosquittoBroker, agent: AgentProcess, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     agent.start()
     assert agent.wait_for_log(READY_LINE, 60)
     # One asset: while the replay waits for a label's confirmation, no other label's
@@ -178,7 +187,7 @@ def test_agent_killed_during_replay(tmp_path: Path, broker: MosquittoBroker, age
     assert agent.wait_for_log(READY_LINE, 60, count=agent.starts)
 
     report = replay.join(240)
-    print_numbers("agent SIGKILLs", report, kills=kills)
+    print_numbers(capsys, "agent SIGKILLs", report, kills=kills)
     assert_nothing_lost(report)
     assert agent.terminate() == 0
 
@@ -225,7 +234,9 @@ class LineClient:
         self.transport.stop()
 
 
-def test_queued_labels_applied_after_box_restart(tmp_path: Path, broker: MosquittoBroker, agent: AgentProcess) -> None:
+def test_queued_labels_applied_after_box_restart(
+    tmp_path: Path, broker: MosquittoBroker, agent: AgentProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
     agent.start()
     assert agent.wait_for_log(READY_LINE, 60)
     line = LineClient(broker)
@@ -245,7 +256,8 @@ def test_queued_labels_applied_after_box_restart(tmp_path: Path, broker: Mosquit
             lambda: line.status is not None and line.status.get("state") == "online"
             and line.status.get("labels_applied") == 2, 60,
         )
-        print(f"box restart: labels queued 2, labels applied {line.status['labels_applied']}, labels lost 0")
+        with capsys.disabled():
+            print(f"\nbox restart: labels queued 2, labels applied {line.status['labels_applied']}")
         assert line.status["classes"] == {"loose": 5, "worn": 5}
         assert agent.terminate() == 0
     finally:
@@ -280,3 +292,75 @@ def test_sighup_reload_cases(tmp_path: Path, broker: MosquittoBroker, agent: Age
         assert agent.terminate() == 0
     finally:
         line.close()
+
+
+def test_sighup_broker_change_reconnects(tmp_path: Path, broker: MosquittoBroker, agent: AgentProcess, checkpoint: Path) -> None:
+    import signal as signals
+
+    agent.start()
+    assert agent.wait_for_log(READY_LINE, 60)
+    assert agent.process is not None
+    with MosquittoBroker(tmp_path / "second-broker", persistence=True) as second:
+        write_yaml(agent.config_path, agent_config(tmp_path, second.port, checkpoint))
+        agent.process.send_signal(signals.SIGHUP)
+        assert agent.wait_for_log(f"connected to {second.url}", 30)
+        assert agent.wait_for_log("configuration reloaded; changed: mqtt.port", 30)
+        line = LineClient(second)
+        try:
+            assert wait_until(lambda: line.status is not None and line.status.get("state") == "online", 30)
+        finally:
+            line.close()
+        assert agent.terminate() == 0
+
+
+@pytest.mark.parametrize("agent", [{"config": {"service": {"shutdown_timeout_s": 3}}}], indirect=True)
+def test_sigterm_with_broker_down(tmp_path: Path, broker: MosquittoBroker, agent: AgentProcess) -> None:
+    agent.start()
+    assert agent.wait_for_log(READY_LINE, 60)
+    broker.stop()
+    assert agent.wait_for_log("disconnected from", 30)
+    started = time.monotonic()
+    assert agent.terminate(timeout_s=30) == 0
+    # shutdown_timeout_s plus the interpreter's exit; far below systemd's TimeoutStopSec.
+    assert time.monotonic() - started < 3 + 10
+    assert "broker unreachable at shutdown" in agent.log_text()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    fake = NotifySocket(tmp_path / "notify.sock")
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def test_watchdog_fires_on_stuck_worker(
+    tmp_path: Path, broker: MosquittoBroker, checkpoint: Path, notify_socket: NotifySocket
+) -> None:
+    """A real agent process, the test hook blocking its worker, and a fake systemd."""
+    watchdog_s = 2.0
+    config = write_yaml(
+        tmp_path / "agent.yaml", agent_config(tmp_path, broker.port, checkpoint, service={"stall_timeout_s": 1})
+    )
+    env = {
+        "NOTIFY_SOCKET": str(notify_socket.path),
+        "WATCHDOG_USEC": str(int(watchdog_s * 1e6)),
+        "EDGE_AGENT_TEST_STALL_WORKER": "1",
+    }
+    agent = AgentProcess(config, tmp_path / "agent.log", env=env)
+    agent.start()
+    line = LineClient(broker)
+    try:
+        assert wait_until(lambda: notify_socket.count("READY=1") == 1, 60)
+        assert wait_until(lambda: notify_socket.count("WATCHDOG=1") >= 2, 30)
+        line.stream("a1", 0, 1, 800.0, 1_700_000_000.0)
+        assert agent.wait_for_log("watchdog keep-alives stopped", 30)
+        fed = notify_socket.count("WATCHDOG=1")
+        # systemd kills a service that sends no keep-alive for WatchdogSec; watch that long.
+        time.sleep(watchdog_s * 1.5)
+        assert notify_socket.count("WATCHDOG=1") == fed
+        assert agent.process is not None and agent.process.poll() is None
+    finally:
+        line.close()
+        agent.close()

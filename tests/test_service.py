@@ -26,47 +26,9 @@ from edge_agent.payloads import encode_signal_binary
 from edge_agent.sdnotify import Notifier
 from edge_agent.transport import BrokerSettings, InboundMessage, MqttTransport, Subscription
 from edge_agent.watchdog import ProgressWatchdog
-from service_harness import WINDOW, agent_config, make_checkpoint, wait_until, write_yaml
+from service_harness import WINDOW, NotifySocket, agent_config, make_checkpoint, wait_until, write_yaml
 
 # sd_notify
-
-
-class NotifySocket:
-    """A fake systemd: a datagram socket that records what the agent sends."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.socket.bind(str(path))
-        self.socket.settimeout(0.1)
-        self.messages: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.socket.recv(4096)
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.messages.append(data.decode())
-
-    def received(self) -> list[str]:
-        with self._lock:
-            return list(self.messages)
-
-    def count(self, line: str) -> int:
-        return sum(1 for message in self.received() if line in message.split("\n"))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.socket.close()
 
 
 @pytest.fixture
