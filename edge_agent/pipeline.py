@@ -253,6 +253,9 @@ class Pipeline:
     def _diagnose_and_ack(self, windows: list[Window], items: list[InboxItem]) -> None:
         if windows:
             self._diagnose(windows)
+        # NOTE: a chunk is acknowledged once the windows it completed are handed over,
+        # but samples of an unfinished window and the windows kept for late labels live
+        # only in memory. A crash loses them unless chunks line up with windows.
         for item in items:
             self._ack(item)
 
