@@ -185,6 +185,8 @@ class EvaluationSettings:
     baseline_steps: int = 100
     pretrain_steps: int = 500
     device: str = "cpu"
+    # Overrides of the checkpoints' test-time inner loop (test_inner_lr, test_inner_steps); protonet has none.
+    test_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def evaluate(paths: Sequence[str | Path], recordings: Sequence[Recording], settings: EvaluationSettings, *, on_result: Any = None) -> dict[str, Any]:
@@ -218,6 +220,8 @@ def evaluate(paths: Sequence[str | Path], recordings: Sequence[Recording], setti
     )
     n_way = len(pools.classes) if settings.n_way is None else settings.n_way
     notes = _scenario_notes(settings.scenario, target, source_loads, pools.classes, window_size)
+    if settings.test_overrides:
+        notes.append(f"test-time inner loop of reptile, maml and fomaml overridden: {settings.test_overrides}")
 
     results: list[SettingResult] = []
 
@@ -228,7 +232,10 @@ def evaluate(paths: Sequence[str | Path], recordings: Sequence[Recording], setti
 
     for path, model, metadata in loaded:
         algorithm = str(metadata["algorithm"])
-        learner = make_learner(algorithm, model, steps=1, **learner_options(algorithm, metadata.get("hyperparameters", {})))
+        options = learner_options(algorithm, metadata.get("hyperparameters", {}))
+        if algorithm != "protonet":
+            options.update(settings.test_overrides)
+        learner = make_learner(algorithm, model, steps=1, **options)
         for n_shot in settings.shots:
             record(run_episodes(learner, pools, n_way=n_way, n_shot=n_shot, n_query=settings.n_query,
                                 episodes=settings.episodes, seed=settings.seed, algorithm=algorithm))

@@ -77,6 +77,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         scenario=args.scenario, n_way=args.n_way, shots=args.n_shot, episodes=args.episodes, n_query=args.n_query,
         seed=args.seed, baselines=args.baselines, baseline_steps=args.baseline_steps,
         pretrain_steps=args.pretrain_steps, device=args.device,
+        test_overrides={
+            name: getattr(args, name) for name in ("test_inner_lr", "test_inner_steps") if getattr(args, name) is not None
+        },
     )
 
     def show_progress(result: Any) -> None:
@@ -125,6 +128,8 @@ def add_evaluate_parser(sub: Any, default_data_dir: str) -> None:
     evaluate.add_argument("--baselines", action="store_true", help="also train from scratch and fine-tune a supervised pre-trained CNN on each support set")
     evaluate.add_argument("--baseline-steps", type=int, default=100, help="Adam steps per support set for the baselines (default: 100)")
     evaluate.add_argument("--pretrain-steps", type=int, default=500, help="Adam steps of supervised pre-training on the source side (default: 500)")
+    evaluate.add_argument("--test-inner-lr", type=float, help="inner-loop SGD rate when adapting to a test task (default: the checkpoint's)")
+    evaluate.add_argument("--test-inner-steps", type=int, help="inner-loop steps when adapting to a test task (default: the checkpoint's)")
     evaluate.add_argument("--plots", metavar="DIR", help="write accuracy_vs_shots.png and confusion_hardest.png here")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON, accuracy as a fraction")
     evaluate.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default: cpu)")

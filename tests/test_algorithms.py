@@ -102,7 +102,7 @@ def test_reptile_step_moves_towards_task_solution():
     torch.manual_seed(1)
     solution = learner.task_weights(
         torch.cat([task.support, task.query]), torch.cat([task.support_labels, task.query_labels]),
-        task.support, task.support_labels, 3, 5,
+        task.support, task.support_labels, 3, 5, 0.05,
     )
     torch.manual_seed(1)
     learner.meta_train_step([task])

@@ -65,6 +65,7 @@ class Maml(MetaLearner):
         inner_steps: int = 3,
         inner_lr: float = 0.005,
         test_inner_steps: int | None = None,
+        test_inner_lr: float | None = None,
         meta_batch: int = 2,
         head_init: str = "prototype",
     ) -> None:
@@ -78,18 +79,19 @@ class Maml(MetaLearner):
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr
         self.test_inner_steps = inner_steps if test_inner_steps is None else test_inner_steps
+        self.test_inner_lr = inner_lr if test_inner_lr is None else test_inner_lr
         self.tasks_per_step = meta_batch
         self.head_init = head_init
         self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
 
-    def _adapted_weights(self, task_support: torch.Tensor, labels: torch.Tensor, n_way: int, weights: Weights, *, steps: int, first_order: bool) -> Weights:
+    def _adapted_weights(self, task_support: torch.Tensor, labels: torch.Tensor, n_way: int, weights: Weights, *, steps: int, lr: float, first_order: bool) -> Weights:
         start = {**weights, **initial_head(self.model, weights, task_support, labels, n_way, self.head_init)}
 
         def support_loss(fast: Weights) -> torch.Tensor:
             return F.cross_entropy(head_logits(self.model, fast, task_support), labels)
 
-        return inner_loop(support_loss, start, steps=steps, lr=self.inner_lr, first_order=first_order)
+        return inner_loop(support_loss, start, steps=steps, lr=lr, first_order=first_order)
 
     def meta_train_step(self, tasks: Sequence[Task]) -> float:
         self.model.train()
@@ -99,7 +101,8 @@ class Maml(MetaLearner):
         for task in tasks:
             labels = task.support_labels.long()
             fast = self._adapted_weights(
-                task.support, labels, task.n_way, weights, steps=self.inner_steps, first_order=self.first_order
+                task.support, labels, task.n_way, weights, steps=self.inner_steps, lr=self.inner_lr,
+                first_order=self.first_order,
             )
             loss = F.cross_entropy(head_logits(self.model, fast, task.query), task.query_labels.long())
             (loss / len(tasks)).backward()
@@ -113,7 +116,8 @@ class Maml(MetaLearner):
         weights = {name: value.detach().requires_grad_(True) for name, value in body_parameters(self.model).items()}
         with torch.enable_grad():
             fast = self._adapted_weights(
-                support, support_labels.long(), n_way, weights, steps=self.test_inner_steps, first_order=True
+                support, support_labels.long(), n_way, weights, steps=self.test_inner_steps, lr=self.test_inner_lr,
+                first_order=True,
             )
         return {name: value.detach() for name, value in fast.items()}
 
@@ -124,7 +128,8 @@ class Maml(MetaLearner):
         return {
             "lr": self.lr, "optimizer": "adam", "lr_schedule": "cosine",
             "inner_steps": self.inner_steps, "inner_lr": self.inner_lr,
-            "test_inner_steps": self.test_inner_steps, "meta_batch": self.tasks_per_step,
+            "test_inner_steps": self.test_inner_steps, "test_inner_lr": self.test_inner_lr,
+            "meta_batch": self.tasks_per_step,
             "head_init": self.head_init, "first_order": self.first_order,
         }
 

@@ -37,6 +37,7 @@ class Reptile(MetaLearner):
         inner_steps: int = 4,
         inner_lr: float = 0.005,
         test_inner_steps: int | None = None,
+        test_inner_lr: float | None = None,
         meta_batch: int = 2,
         head_init: str = "prototype",
         lr: float | None = None,
@@ -53,12 +54,13 @@ class Reptile(MetaLearner):
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr
         self.test_inner_steps = inner_steps if test_inner_steps is None else test_inner_steps
+        self.test_inner_lr = inner_lr if test_inner_lr is None else test_inner_lr
         self.tasks_per_step = meta_batch
         self.head_init = head_init
         self.total_steps = steps
         self.steps_done = 0
 
-    def task_weights(self, x: torch.Tensor, labels: torch.Tensor, support: torch.Tensor, support_labels: torch.Tensor, n_way: int, steps: int) -> Weights:
+    def task_weights(self, x: torch.Tensor, labels: torch.Tensor, support: torch.Tensor, support_labels: torch.Tensor, n_way: int, steps: int, lr: float) -> Weights:
         """Run the inner SGD loop on (x, labels) from the current weights; the head starts from `support`."""
         start = {name: value.detach().clone().requires_grad_(True) for name, value in body_parameters(self.model).items()}
         with torch.enable_grad():
@@ -68,7 +70,7 @@ class Reptile(MetaLearner):
             def loss_fn(fast: Weights) -> torch.Tensor:
                 return F.cross_entropy(head_logits(self.model, fast, x), labels)
 
-            fast = inner_loop(loss_fn, start, steps=steps, lr=self.inner_lr, first_order=True)
+            fast = inner_loop(loss_fn, start, steps=steps, lr=lr, first_order=True)
         return {name: value.detach() for name, value in fast.items()}
 
     def meta_train_step(self, tasks: Sequence[Task]) -> float:
@@ -84,7 +86,7 @@ class Reptile(MetaLearner):
             with torch.no_grad():
                 start_head = initial_head(self.model, base, task.support, support_labels, task.n_way, self.head_init)
                 losses.append(float(F.cross_entropy(head_logits(self.model, {**base, **start_head}, task.query), task.query_labels.long())))
-            fast = self.task_weights(x, labels, task.support, support_labels, task.n_way, self.inner_steps)
+            fast = self.task_weights(x, labels, task.support, support_labels, task.n_way, self.inner_steps, self.inner_lr)
             for name in mean_delta:
                 mean_delta[name] += (fast[name] - base[name]) / len(tasks)
 
@@ -97,7 +99,7 @@ class Reptile(MetaLearner):
     def adapt(self, support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> Weights:
         self.model.eval()
         labels = support_labels.long()
-        return self.task_weights(support, labels, support, labels, n_way, self.test_inner_steps)
+        return self.task_weights(support, labels, support, labels, n_way, self.test_inner_steps, self.test_inner_lr)
 
     def predict(self, adapted: Weights, query: torch.Tensor) -> torch.Tensor:
         return predict_with_head(self.model, adapted, query)
@@ -106,7 +108,8 @@ class Reptile(MetaLearner):
         return {
             "outer_lr": self.outer_lr, "outer_lr_schedule": "linear to 0",
             "inner_steps": self.inner_steps, "inner_lr": self.inner_lr, "inner_optimizer": "sgd",
-            "test_inner_steps": self.test_inner_steps, "meta_batch": self.tasks_per_step,
+            "test_inner_steps": self.test_inner_steps, "test_inner_lr": self.test_inner_lr,
+            "meta_batch": self.tasks_per_step,
             "head_init": self.head_init,
         }
 
