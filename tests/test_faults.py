@@ -151,9 +151,13 @@ def test_broker_restarts_during_replay(
 
     report = replay.join(180)
     log_text = agent.log_text()
+    # Under load mosquitto may accept a reconnect while it shuts down, so an outage
+    # can take two reconnects; every one must find the session kept.
     reconnects = log_text.count("session present: True")
-    print_numbers(capsys, "broker restarts", report, outages_survived=reconnects)
-    assert reconnects == OUTAGES
+    print_numbers(capsys, "broker restarts", report, outages_survived=OUTAGES, reconnects=reconnects)
+    assert reconnects >= OUTAGES
+    assert "session present: False" not in log_text.split(READY_LINE, 1)[1]
+    assert log_text.count("subscribed to") == reconnects + 1
     assert_nothing_lost(report)
     assert agent.terminate() == 0
     assert support_counts(tmp_path) == {"class_0": N_SHOT, "class_1": N_SHOT, "class_2": N_SHOT}
