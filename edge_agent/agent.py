@@ -25,7 +25,7 @@ from edge_agent.errors import CheckpointError
 from edge_agent.inbox import Inbox, InboxItem
 from edge_agent.last_good import load_last_good
 from edge_agent.outbox import Outbox
-from edge_agent.pipeline import Pipeline, PipelineSettings
+from edge_agent.pipeline import OutboundMessage, Pipeline, PipelineSettings
 from edge_agent.reload import FileWatch, Reloader, live_config, needs_reconnect, needs_resubscribe
 from edge_agent.sdnotify import Notifier
 from edge_agent.testhooks import apply_test_hooks
@@ -222,15 +222,15 @@ class Agent:
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self.transport.publish(topic, payload, qos=qos, retain=retain)
 
-    def _enqueue(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Hand a diagnosis to the on-disk outbox, whose thread publishes it.
+    def _enqueue(self, messages: list[OutboundMessage]) -> None:
+        """Hand a batch of diagnoses to the on-disk outbox, whose thread publishes them.
 
         The key (topic and window start) keeps a window diagnosed again after a crash,
         from a redelivered signal chunk, from being published twice.
         """
-        window_start = json.loads(payload).get("window_start")
-        if not self.outbox.put(topic, payload, qos, retain, key=f"{topic} {window_start!r}"):
-            self.counters.add("diagnoses_duplicate_suppressed")
+        added = self.outbox.put_many([(m.topic, m.payload, m.qos, False, m.key) for m in messages])
+        if added < len(messages):
+            self.counters.add("diagnoses_duplicate_suppressed", len(messages) - added)
 
     def _ack(self, item: InboxItem) -> None:
         self.transport.ack(item.message.ack_token, item.message.qos)

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -114,35 +114,44 @@ class Outbox:
         its acknowledgement was lost) does not publish the same diagnosis twice. The
         last `KEYS_KEPT` keys are remembered, also across restarts.
         """
+        return self.put_many([(topic, payload, qos, retain, key)]) == 1
+
+    def put_many(self, messages: Sequence[tuple[str, bytes, int, bool, str | None]]) -> int:
+        """Insert (topic, payload, qos, retain, key) messages in one transaction; return how many were new.
+
+        One commit, and so one fsync, covers the whole batch of an inference pass.
+        """
         now = time.time()
+        added = 0
         with self._lock:
             db = self._require_open()
             db.execute("BEGIN IMMEDIATE")
             try:
-                if key is not None:
-                    seen = db.execute("INSERT OR IGNORE INTO outbox_keys (key) VALUES (?)", (key,)).rowcount == 0
-                    if seen:
-                        db.execute("COMMIT")
-                        self.duplicates += 1
-                        return False
-                db.execute(
-                    "INSERT INTO outbox (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
-                    (topic, payload, qos, int(retain), now),
-                )
-                dropped = self._drop_oldest(db, self._pending + 1 - self.max_messages)
-                if key is not None:
-                    self._keys_put += 1
-                    if self._keys_put % 1000 == 0:
-                        db.execute(
-                            "DELETE FROM outbox_keys WHERE rowid <= (SELECT max(rowid) FROM outbox_keys) - ?",
-                            (KEYS_KEPT,),
-                        )
+                for topic, payload, qos, retain, key in messages:
+                    if key is not None:
+                        seen = db.execute("INSERT OR IGNORE INTO outbox_keys (key) VALUES (?)", (key,)).rowcount == 0
+                        if seen:
+                            self.duplicates += 1
+                            continue
+                        self._keys_put += 1
+                        if self._keys_put % 1000 == 0:
+                            db.execute(
+                                "DELETE FROM outbox_keys WHERE rowid <= (SELECT max(rowid) FROM outbox_keys) - ?",
+                                (KEYS_KEPT,),
+                            )
+                    db.execute(
+                        "INSERT INTO outbox (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
+                        (topic, payload, qos, int(retain), now),
+                    )
+                    added += 1
+                dropped = self._drop_oldest(db, self._pending + added - self.max_messages)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            self._pending += 1 - dropped
-            self._wake.notify_all()
+            self._pending += added - dropped
+            if added:
+                self._wake.notify_all()
         if dropped:
             self.dropped_since_start += dropped
             if time.monotonic() - self._last_drop_log >= DROP_LOG_INTERVAL_S:
@@ -151,7 +160,7 @@ class Outbox:
                     "outbox full (limits.max_outbox=%d): dropping the oldest diagnoses, %d so far since start; "
                     "is the broker reachable?", self.max_messages, self.dropped_since_start,
                 )
-        return True
+        return added
 
     def _drop_oldest(self, db: sqlite3.Connection, excess: int) -> int:
         if excess <= 0:

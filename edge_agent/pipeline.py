@@ -36,7 +36,18 @@ log = logging.getLogger(__name__)
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
-Publish = Callable[[str, bytes, int, bool], None]
+@dataclass(frozen=True)
+class OutboundMessage:
+    """A diagnosis ready to publish; `key` names its stream and window, for de-duplication."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    key: str
+
+
+# Receives all diagnoses of one inference batch, so the outbox commits them together.
+Publish = Callable[[list[OutboundMessage]], None]
 Ack = Callable[[InboxItem], None]
 
 
@@ -267,6 +278,7 @@ class Pipeline:
             predictions = self.classifier.predict(batch)
         else:
             predictions = [None] * len(windows)
+        outbound = []
         for window, prediction in zip(windows, predictions):
             now = time.monotonic()
             diagnosis = Diagnosis(
@@ -283,6 +295,7 @@ class Pipeline:
             )
             fields = self._stream_fields[window.stream]
             topic = format_topic(self.settings.diagnosis_topic, **fields)
-            self._publish(topic, diagnosis.to_json(), self.settings.qos, False)
+            outbound.append(OutboundMessage(topic, diagnosis.to_json(), self.settings.qos, f"{topic} {window.start_ts!r}"))
+        self._publish(outbound)
         self.counters.add("diagnoses_published", len(windows))
         self.counters.add("inference_batches")

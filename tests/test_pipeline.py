@@ -47,7 +47,7 @@ class Harness:
             assembler=WindowAssembler(SIZE, SIZE, FS, gap_tolerance_s=0.001, retain_s=600, max_resample_ratio=8),
             buffer=self.buffer,
             classifier=FewShotClassifier(model, metadata, "cpu"),
-            publish=lambda topic, payload, qos, retain: self.published.append((topic, json.loads(payload))),
+            publish=lambda messages: self.published.extend((m.topic, json.loads(m.payload)) for m in messages),
             ack=self.acked.append,
             counters=self.counters,
             rejections=Rejections(__import__("logging").getLogger("test")),

@@ -23,6 +23,7 @@ from edge_agent.last_good import load_last_good, previous_path
 from edge_agent.logs import configure_logging
 from edge_agent.outbox import Outbox
 from edge_agent.payloads import encode_signal_binary
+from edge_agent.pipeline import OutboundMessage
 from edge_agent.sdnotify import Notifier
 from edge_agent.transport import BrokerSettings, InboundMessage, MqttTransport, Subscription
 from edge_agent.watchdog import ProgressWatchdog
@@ -489,8 +490,10 @@ def test_diagnoses_wait_in_outbox_while_broker_down(tmp_path: Path, broker: Mosq
             assert agent.transport.wait_connected(20)
             broker.stop()
             assert wait_until(lambda: not agent.transport.connected.is_set(), 20)
+            topic = "plant/l1/a1/diagnosis"
             for seq in range(5):  # the signal arrives on the box while the broker is down
-                agent._enqueue(f"plant/l1/a1/diagnosis", json.dumps({"window_start": seq}).encode(), 1, False)
+                payload = json.dumps({"window_start": seq}).encode()
+                agent._enqueue([OutboundMessage(topic, payload, 1, f"{topic} {seq}")])
             assert agent.outbox.stats().pending == 5
             broker.start()
             assert wait_until(lambda: len(received) == 5, 30)
@@ -498,3 +501,15 @@ def test_diagnoses_wait_in_outbox_while_broker_down(tmp_path: Path, broker: Mosq
             assert wait_until(lambda: agent.outbox.stats().pending == 0, 10)
     finally:
         consumer.stop()
+
+
+def test_outbox_put_many_skips_known_keys(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", max_messages=10)
+    try:
+        first = [("t", b"a", 1, False, "k1"), ("t", b"b", 1, False, "k2")]
+        assert outbox.put_many(first) == 2
+        assert outbox.put_many([("t", b"b", 1, False, "k2"), ("t", b"c", 1, False, "k3")]) == 1
+        assert outbox.stats().pending == 3
+        assert outbox.duplicates == 1
+    finally:
+        outbox.close()
