@@ -132,6 +132,7 @@ def test_evaluate_json_report(cwru_like_dir, novel_class_checkpoint, tmp_path, c
         "evaluate", "--checkpoint", str(novel_class_checkpoint), "--data-dir", str(cwru_like_dir),
         "--scenario", "novel-class", "--n-shot", "1,2", "--episodes", "4", "--baselines",
         "--baseline-steps", "2", "--pretrain-steps", "2", "--plots", str(tmp_path / "plots"), "--json",
+        "--test-inner-lr", "0.002",
     ], capsys)
     report = json.loads(out)
 
@@ -147,6 +148,7 @@ def test_evaluate_json_report(cwru_like_dir, novel_class_checkpoint, tmp_path, c
         assert result["episodes"] == 4
         assert 0.0 <= result["accuracy"] <= 1.0
         assert result["ci95"] >= 0.0
+    assert "test-time inner loop of reptile, maml and fomaml overridden: {'test_inner_lr': 0.002}" in report["notes"]
     assert (tmp_path / "plots" / "accuracy_vs_shots.png").stat().st_size > 0
     assert (tmp_path / "plots" / "confusion_hardest.png").stat().st_size > 0
 
