@@ -18,6 +18,7 @@ from typing import Any
 import edge_agent
 from edge_agent.adaptation_worker import make_adaptation_worker
 from edge_agent.buffer import TaskBuffer
+from edge_agent.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
 from edge_agent.classifier import FewShotClassifier, resolve_device
 from edge_agent.config import AgentConfig
 from edge_agent.counters import Counters, Rejections
@@ -120,9 +121,15 @@ class Agent:
         self.stop_event = stop_event or threading.Event()
         self.started_at = time.time()
 
-        checkpoint = Path(config.model.checkpoint)
         self.device = resolve_device(config.model.device)
-        model, self.metadata, loaded_from = load_last_good(checkpoint, self.device)
+        if config.model.checkpoint is None:
+            # The shipped file is replaced only by reinstalling, so it needs no .prev copy
+            # (which could not be written into a read-only install anyway).
+            checkpoint = loaded_from = SHIPPED_CHECKPOINT
+            model, self.metadata = load_checkpoint(checkpoint, self.device)
+        else:
+            checkpoint = Path(config.model.checkpoint)
+            model, self.metadata, loaded_from = load_last_good(checkpoint, self.device)
         check_window_fits_model(config, self.metadata, checkpoint)
         self.checkpoint_path = loaded_from
         self.classifier = FewShotClassifier(model, self.metadata, self.device)

@@ -57,6 +57,10 @@ def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+# Meta-trained on simulated bearings only; used when model.checkpoint is null.
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "data" / "sim_protonet.pt"
+
+
 def save_checkpoint(path: str | Path, model: EmbeddingNet, metadata: Mapping[str, Any]) -> dict[str, Any]:
     """Write `model` and `metadata` to `path` atomically and return the stored metadata.
 

@@ -332,10 +332,11 @@ class ModelConfig(_Section):
 
     section: ClassVar[str] = "model"
 
-    checkpoint: Path = _field(
-        Path("model.pt"),
-        "Model checkpoint file. Relative paths resolve against the config file's "
-        "folder. Its existence is checked when the daemon starts, not here.",
+    checkpoint: Path | None = _field(
+        None,
+        "Model checkpoint file; null uses the checkpoint shipped in the package, "
+        "meta-trained on simulated bearings. Relative paths resolve against the config "
+        "file's folder. Its existence is checked when the daemon starts, not here.",
         strict=False,
     )
     device: Literal["auto", "cpu", "cuda"] = _field(

@@ -26,12 +26,11 @@ from typing import Any
 
 import yaml
 
-import edge_agent
+from edge_agent.checkpoint import SHIPPED_CHECKPOINT
 from edge_agent.datasets.cwru import Recording
 
 # Reaches >= 0.99 on the replay of load 3 in about 15 s on 2 cores (see docs/benchmarks.md).
 DEMO_EPISODES = 150
-SHIPPED_CHECKPOINT = Path(edge_agent.__file__).resolve().parent / "data" / "sim_protonet.pt"
 # Load of the simulated line's motors, in hp (1750 rpm on the CWRU rig).
 SIMULATED_LOAD_HP = 2
 

@@ -69,7 +69,7 @@ def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert config.mqtt.client_id == "edge-agent-edge-01"
     assert config.window.hop == 1024
     assert config.model.device == "auto"
-    assert config.model.checkpoint == tmp_path / "model.pt"
+    assert config.model.checkpoint is None
     assert config.storage.dir == Path("/var/lib/edge-agent")
     assert config.status_topic == "edge-agent/edge-01/status"
 
@@ -89,9 +89,7 @@ def test_empty_section_means_defaults(tmp_path: Path) -> None:
 def test_shipped_file_matches_defaults() -> None:
     shipped = load_config(REPO / "config" / "agent.yaml")
     defaults = load_config(None)
-    # Only the relative checkpoint path differs: it resolves against another folder.
-    assert diff_paths(shipped, defaults) == ["model.checkpoint"]
-    assert shipped.model.checkpoint == REPO / "config" / "model.pt"
+    assert diff_paths(shipped, defaults) == []
 
 
 def test_shipped_file_mentions_every_key() -> None:
@@ -344,9 +342,9 @@ def test_relative_paths_resolve_against_file(tmp_path: Path) -> None:
     assert config.storage.dir == folder / "state"
 
 
-def test_default_checkpoint_next_to_file(tmp_path: Path) -> None:
+def test_default_checkpoint_is_shipped_one(tmp_path: Path) -> None:
     path = write(tmp_path, "agent_id: a\n")
-    assert load_config(path).model.checkpoint == tmp_path / "model.pt"
+    assert load_config(path).model.checkpoint is None
 
 
 def test_absolute_path_kept(tmp_path: Path) -> None:
@@ -386,7 +384,7 @@ def test_redaction_hides_password(tmp_path: Path) -> None:
 def test_redaction_shows_plain_values(tmp_path: Path) -> None:
     data = redacted_dict(load_config(write(tmp_path, "")))
     assert data["mqtt"]["password"] is None
-    assert data["model"]["checkpoint"] == str(tmp_path / "model.pt")
+    assert data["model"]["checkpoint"] is None
     assert data["window"]["size"] == 2048
 
 
