@@ -27,7 +27,8 @@ usage() {
     sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     echo
     echo "options:"
-    echo "  --checkpoint FILE   copy this checkpoint to $STATE_DIR/model.pt (the config's model.checkpoint)"
+    echo "  --checkpoint FILE   copy this checkpoint to $STATE_DIR/model.pt (the config's model.checkpoint);"
+    echo "                      without it the agent uses the checkpoint shipped in the package"
     echo "  --torch-spec SPEC   PyTorch requirement to install (default: $TORCH_SPEC)"
     echo "  --rollback          point $PREFIX/current back at the previous release and restart"
 }
@@ -100,8 +101,13 @@ install -m 0644 "$SOURCE_DIR/config/agent.yaml" "$SOURCE_DIR/docs/operations.md"
 install -d -m 0750 -o root -g "$SERVICE_USER" "$CONFIG_DIR"
 install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR"
 if [ ! -e "$CONFIG_DIR/agent.yaml" ]; then
-    sed -e "s#^  checkpoint: \"model.pt\" #  checkpoint: \"$STATE_DIR/model.pt\"#" \
-        "$SOURCE_DIR/config/agent.yaml" > "$CONFIG_DIR/agent.yaml.new"
+    # Without --checkpoint, model.checkpoint stays null: the checkpoint shipped in the package.
+    if [ -n "$checkpoint" ]; then
+        sed -e "s#^  checkpoint: null #  checkpoint: \"$STATE_DIR/model.pt\"#" \
+            "$SOURCE_DIR/config/agent.yaml" > "$CONFIG_DIR/agent.yaml.new"
+    else
+        cp "$SOURCE_DIR/config/agent.yaml" "$CONFIG_DIR/agent.yaml.new"
+    fi
     chown root:"$SERVICE_USER" "$CONFIG_DIR/agent.yaml.new"
     chmod 0640 "$CONFIG_DIR/agent.yaml.new"
     mv "$CONFIG_DIR/agent.yaml.new" "$CONFIG_DIR/agent.yaml"
