@@ -12,9 +12,7 @@ records trained on, seed, algorithm and hyper-parameters, package version, creat
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 
 import edge_agent
+from edge_agent.atomic import write_atomically
 from edge_agent.errors import CheckpointError
 from edge_agent.features import INPUT_TRANSFORMS
 from edge_agent.model import EmbeddingNet
@@ -113,25 +112,7 @@ def _check_plain(value: Any, where: str) -> None:
 
 
 def _write_atomically(path: Path, payload: dict[str, Any]) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=directory, prefix=f"{path.name}.tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-    # The rename is durable only once the directory entry is on disk.
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)
+    write_atomically(path, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[EmbeddingNet, dict[str, Any]]:

@@ -14,7 +14,6 @@ never see pydantic's wording or links.
 from __future__ import annotations
 
 import difflib
-import os
 import types
 import typing
 from collections.abc import Mapping, Sequence

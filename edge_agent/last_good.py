@@ -13,14 +13,13 @@ module covers the base checkpoint they all start from.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from edge_agent.atomic import write_atomically
 from edge_agent.checkpoint import load_checkpoint
 from edge_agent.errors import CheckpointError
 from edge_agent.model import EmbeddingNet
@@ -68,21 +67,8 @@ def _keep_copy(checkpoint: Path, prev: Path, sha256: str, device: str | torch.de
         except CheckpointError:
             pass  # replaced below by the good checkpoint
     try:
-        descriptor, temp_name = tempfile.mkstemp(dir=checkpoint.parent, prefix=f"{prev.name}.tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as target, open(checkpoint, "rb") as source:
-                shutil.copyfileobj(source, target)
-                target.flush()
-                os.fsync(target.fileno())
-            os.replace(temp_name, prev)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        directory_fd = os.open(checkpoint.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory_fd)
-        finally:
-            os.close(directory_fd)
+        with open(checkpoint, "rb") as source:
+            write_atomically(prev, lambda target: shutil.copyfileobj(source, target))
     except OSError as exc:
         log.warning(
             "cannot keep a last good copy of the checkpoint at %s (%s); a corrupt checkpoint "

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 
 from edge_agent.adaptation import Candidate
+from edge_agent.atomic import write_atomically
 from edge_agent.checkpoint import load_checkpoint, save_checkpoint
 from edge_agent.errors import CheckpointError, StorageError
 from edge_agent.model import EmbeddingNet
@@ -91,22 +91,8 @@ def file_sha256(path: Path) -> str:
 
 def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
     """Write `data` as JSON to a temporary file, fsync it and rename it over `path`."""
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    directory_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)
+    text = json.dumps(data, indent=2) + "\n"
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 class ModelStore:
