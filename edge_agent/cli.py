@@ -227,12 +227,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from edge_agent.operator_commands import parse_time, publish_label
+    from edge_agent.operator_commands import LabelNotApplied, parse_time, publish_label
 
-    result = publish_label(
-        args.broker, line=args.line, asset=args.asset, start=parse_time(args.start), end=parse_time(args.end),
-        label=args.label_class, agent_id=args.agent_id or None, protocol=args.mqtt_protocol, wait_s=args.wait_s,
-    )
+    try:
+        result = publish_label(
+            args.broker, line=args.line, asset=args.asset, start=parse_time(args.start), end=parse_time(args.end),
+            label=args.label_class, agent_id=args.agent_id or None, protocol=args.mqtt_protocol, wait_s=args.wait_s,
+        )
+    except LabelNotApplied as exc:
+        print(f"edge-agent label: {exc}", file=sys.stderr)
+        return 1
     print(result)
     return 0
 
@@ -374,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
         "label", help="publish a label: this asset had this class between two times",
         description=(
             "Publish one label, as a technician or the MES would, and wait until the agent applies it. "
-            "Times are epoch seconds or ISO 8601 (without an offset: this machine's local time)."
+            "Times are epoch seconds or ISO 8601 (without an offset: this machine's local time). "
+            "Exit status: 0 applied (or published, without --agent-id), 1 the agent did not learn "
+            "from it (no windows in the range, or no answer), 2 invalid input or broker unreachable."
         ),
     )
     label.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="mqtt://HOST:PORT", help="broker the agent uses (default: %(default)s)")

@@ -158,6 +158,14 @@ def parse_time(text: str) -> float:
     return value
 
 
+class LabelNotApplied(EdgeAgentError):
+    """The label reached the broker, but the agent did not learn from it."""
+
+
+def _labels_without_windows(record: dict[str, Any]) -> int:
+    return int(record.get("counters", {}).get("labels_without_windows", 0))
+
+
 def publish_label(
     broker_url: str,
     *,
@@ -186,6 +194,7 @@ def publish_label(
     try:
         before = watcher.wait(lambda record: True, 2.0) if agent_id else None
         applied_before = int(before.get("labels_applied", 0)) if before else 0
+        empty_before = _labels_without_windows(before) if before else 0
         topic = format_topic(topics.label, line=line, asset=asset)
         payload = json.dumps({"start": start, "end": end, "label": label}).encode()
         info = watcher.transport.publish(topic, payload, qos=1)
@@ -199,11 +208,21 @@ def publish_label(
             return f"label {label!r} published on {topic}"
         if before is None or before.get("state") != "online":
             return f"label {label!r} published on {topic}; agent {agent_id!r} is not online, so it applies the label when it next connects (if its session keeps it)"
-        applied = watcher.wait(lambda record: int(record.get("labels_applied", 0)) > applied_before, wait_s)
-        if applied is None:
-            return (
-                f"label {label!r} published on {topic}; agent {agent_id!r} has not applied it within {wait_s:g} s "
-                "(its status lists the reason of rejected labels; run 'edge-agent status')"
+        outcome = watcher.wait(
+            lambda record: int(record.get("labels_applied", 0)) > applied_before
+            or _labels_without_windows(record) > empty_before,
+            wait_s,
+        )
+        if outcome is None:
+            raise LabelNotApplied(
+                f"label {label!r} published on {topic}; agent {agent_id!r} has not applied it within {wait_s:g} s. "
+                "Run 'edge-agent status' for rejected messages, and check the agent's log"
+            )
+        if int(outcome.get("labels_applied", 0)) <= applied_before:
+            raise LabelNotApplied(
+                f"label {label!r} published on {topic}, but agent {agent_id!r} holds no window of "
+                f"{line}/{asset} between the start and the end, so it learned nothing. Check the asset "
+                "name and the times (the agent keeps the last window.retain_s seconds of each stream)"
             )
         return f"label {label!r} published on {topic} and applied by agent {agent_id!r}"
     finally:

@@ -203,13 +203,6 @@ class Pipeline:
 
         stream = self.stream_key(fields)
         windows = self.assembler.windows_in_range(stream, event.start, event.end)
-        if not windows:
-            self.counters.add("labels_without_windows")
-            log.warning(
-                "label %r for %s [%.3f, %.3f] covers no retained window; "
-                "send labels within window.retain_s of the data and at least one window long",
-                event.label, stream, event.start, event.end,
-            )
         try:
             result = self.buffer.add_label(stream, event, windows)
         except StorageError:
@@ -221,6 +214,16 @@ class Pipeline:
         if result.already_applied:
             self.counters.add("labels_duplicate")
             log.info("label %r for %s [%.3f, %.3f] was already applied; ignored", event.label, stream, event.start, event.end)
+            return
+        if not windows:
+            # Not stored either, so the same label sent again once the data is there applies.
+            self.counters.add("labels_without_windows")
+            log.warning(
+                "label %r for %s [%.3f, %.3f] covers no retained window, so nothing was learned; "
+                "send labels within window.retain_s of the data and at least one window long",
+                event.label, stream, event.start, event.end,
+            )
+            self._on_support_changed()
             return
         self.counters.add("labels_applied")
         self.counters.add("support_examples_added", result.added)
