@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--broker", required=True, metavar="mqtt://HOST:PORT", help="broker the agent is connected to")
     replay.add_argument("--dataset", choices=["cwru"], default="cwru", help="recordings to play (default: cwru)")
-    replay.add_argument("--data-dir", default=_default_data_dir(), help="folder of the CWRU .mat files")
+    replay.add_argument("--data-dir", default=_default_data_dir(), help="folder of the CWRU .mat files (default: $EDGE_AGENT_CWRU_DIR or %(default)s)")
     replay.add_argument("--loads", type=_int_list, default=[3], help="motor loads to play (default: 3)")
     replay.add_argument("--n-shot", type=int, default=5, help="windows labelled per class (default: 5)")
     replay.add_argument("--speed", type=_positive_float, default=20.0, help="times real time (default: 20)")

@@ -721,9 +721,17 @@ def _unknown_key_message(loc: Sequence[Any]) -> str:
     return f"unknown key; valid keys here: {', '.join(names)}"
 
 
+def _unquoted_is_not_string(value: str) -> bool:
+    """Return True when `value` without quotes would be read as a number, bool or null."""
+    try:
+        return not isinstance(yaml.safe_load(value), str)
+    except yaml.YAMLError:
+        return False
+
+
 def _type_message(kind: str, value: Any) -> str:
     message = f"must be {kind}, got {_describe_value(value)}"
-    if isinstance(value, str) and kind != "a string":
+    if isinstance(value, str) and kind != "a string" and _unquoted_is_not_string(value):
         return f"{message} (a quoted string; remove the quotes)"
     if kind == "a string" and isinstance(value, (int, float, bool)):
         return f"{message} (put it in quotes)"

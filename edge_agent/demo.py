@@ -27,10 +27,13 @@ from typing import Any
 import yaml
 
 from edge_agent.checkpoint import SHIPPED_CHECKPOINT
+from edge_agent.errors import EdgeAgentError
 from edge_agent.datasets.cwru import Recording
 
 # Reaches >= 0.99 on the replay of load 3 in about 15 s on 2 cores (see docs/benchmarks.md).
 DEMO_EPISODES = 150
+# Length of the segments the line is cut into, in seconds.
+SEGMENT_S = 3.0
 # Load of the simulated line's motors, in hp (1750 rpm on the CWRU rig).
 SIMULATED_LOAD_HP = 2
 
@@ -47,7 +50,7 @@ def _ensure_checkpoint(path: Path, data_dir: str, seed: int) -> None:
     if path.exists():
         _say(f"using checkpoint {path}")
         return
-    _say("meta-training a checkpoint on CWRU loads 0,1,2 (about 15 s on 2 cores)")
+    _say("meta-training a checkpoint on CWRU loads 0,1,2 (about 15 s on an idle 2-core machine)")
     recordings = load_cwru(data_dir, loads=[0, 1, 2])
     model, metadata = meta_train(recordings, episodes=DEMO_EPISODES, seed=seed, device="auto", progress=sys.stderr.isatty())
     metadata["dataset"] = "cwru"
@@ -112,6 +115,11 @@ def run_demo(args: argparse.Namespace) -> int:
     from edge_agent.logs import configure_logging
     from edge_agent.replay import ReplayOptions, parse_broker_url, run_replay
 
+    if args.data_dir is None and args.duration_s < 2 * SEGMENT_S:
+        raise EdgeAgentError(
+            f"--duration-s must be at least {2 * SEGMENT_S:g} s: each class needs one {SEGMENT_S:g}-second "
+            f"segment for its labels and at least one more to score; got {args.duration_s:g}"
+        )
     configure_logging(args.log_level or "WARNING")
     # amqtt logs every client that connects and leaves at INFO and WARNING.
     logging.getLogger("amqtt").setLevel(logging.DEBUG if args.log_level == "DEBUG" else logging.ERROR)
@@ -148,7 +156,7 @@ def run_demo(args: argparse.Namespace) -> int:
         def make_plan(window_size: int, hop: int, t0: float) -> LinePlan:
             plan = plan_line(
                 recordings, n_assets=4, window_size=window_size, hop=hop, n_shot=args.n_shot,
-                segment_s=3.0, gap_s=0.5, t0=t0, seed=args.seed,
+                segment_s=SEGMENT_S, gap_s=0.5, t0=t0, seed=args.seed,
             )
             if monitor is not None:
                 monitor.set_plan(plan)

@@ -112,7 +112,7 @@ def add_evaluate_parser(sub: Any, default_data_dir: str) -> None:
         "evaluate", help="measure few-shot accuracy of checkpoints on a leak-free scenario",
         description=(
             "Draw few-shot episodes from the test side of a scenario and report the mean query "
-            "accuracy with a 95%% confidence interval for each checkpoint and n_shot. Rejects a "
+            "accuracy with a 95% confidence interval for each checkpoint and n_shot. Rejects a "
             "checkpoint that was trained on test-side data."
         ),
     )

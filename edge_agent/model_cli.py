@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from edge_agent.errors import EdgeAgentError
 
 if TYPE_CHECKING:
     from edge_agent.model_store import ModelStore
@@ -29,6 +32,17 @@ def _open_store(args: argparse.Namespace) -> ModelStore:
     from edge_agent.model_store import ModelStore
 
     config = load_config(args.config, args.overrides)
+    if config.adaptation.algorithm != "reptile":
+        print(
+            f"note: adaptation.algorithm is {config.adaptation.algorithm!r}, so the agent makes no "
+            "model versions and applies no rollback; set it to 'reptile' to fine-tune on the box",
+            file=sys.stderr,
+        )
+    if not Path(config.storage.dir).is_dir():
+        raise EdgeAgentError(
+            f"no agent state in {config.storage.dir} (storage.dir); point --config, or "
+            "--set storage.dir=..., at the folder of the agent you mean"
+        )
     return ModelStore(config.storage.dir, keep_versions=config.storage.keep_versions)
 
 

@@ -253,8 +253,8 @@ class MqttTransport:
             self._on_connected_cb(session_present)
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self.last_error = f"cannot reach MQTT broker {self.address}; retrying with backoff"
-        log.warning("%s", self.last_error)
+        self.last_error = "the TCP connection failed (is the broker running and listening on that port?)"
+        log.warning("cannot reach MQTT broker %s: %s; retrying with backoff", self.address, self.last_error)
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         was_connected = self.connected.is_set()

@@ -86,3 +86,12 @@ def test_replay_rejects_bad_broker_url(tmp_path: Path, capsys: pytest.CaptureFix
 def test_loads_must_be_integers() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["meta-train", "--out", "x", "--loads", "a,b"])
+
+
+def test_model_list_without_agent_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"storage:\n  dir: {tmp_path / 'missing'}\n", encoding="utf-8")
+    assert main(["model", "list", "--config", str(config)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "no agent state in" in err
+    assert "adaptation.algorithm is 'protonet'" in err

@@ -423,3 +423,13 @@ def test_docs_in_sync() -> None:
         "docs/configuration.md is out of date; regenerate it with "
         "`python -m edge_agent.config > docs/configuration.md`"
     )
+
+
+def test_quote_hint_only_for_quoted_numbers(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as quoted:
+        load_config(write(tmp_path, 'mqtt:\n  qos: "1"\n'))
+    assert "remove the quotes" in str(quoted.value)
+    with pytest.raises(ConfigError) as word:
+        load_config(None, ["mqtt.qos=x"])
+    assert "mqtt.qos: must be an integer, got 'x'" in str(word.value)
+    assert "quotes" not in str(word.value)

@@ -148,6 +148,25 @@ def test_label_and_status_commands(running_agent, capsys: pytest.CaptureFixture[
     assert "labels applied    1" in output
 
 
+@pytest.mark.slow
+def test_label_without_windows_exits_1(running_agent, capsys: pytest.CaptureFixture[str]) -> None:
+    broker, agent = running_agent
+    code = cli_main([
+        "label", "--broker", broker.url, "--mqtt-protocol", "3.1.1", "--agent-id", "bench",
+        "--line", "bench", "--asset", "no-such-asset", "--start", "1000", "--end", "1002", "--class", "ghost",
+    ])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "holds no window of bench/no-such-asset" in err
+    assert agent.counters.get("labels_applied") == 0
+    assert agent.counters.get("labels_without_windows") == 1
+
+
+def test_demo_rejects_too_short_duration(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["demo", "--duration-s", "1"]) == 2
+    assert "--duration-s must be at least 6 s" in capsys.readouterr().err
+
+
 def test_label_rejects_reversed_range(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli_main([
         "label", "--broker", "mqtt://127.0.0.1:1", "--line", "l", "--asset", "a",

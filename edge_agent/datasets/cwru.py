@@ -130,7 +130,8 @@ def load_cwru(
     root = Path(data_dir)
     if not root.is_dir():
         raise DatasetError(
-            f"CWRU data folder {root} not found. Expected the 12 kHz drive-end files "
+            f"CWRU data folder {root} not found. Pass the folder with --data-dir or set "
+            f"EDGE_AGENT_CWRU_DIR. Expected the 12 kHz drive-end files "
             f"({_expected_files_text()}) or a {MANIFEST_NAME} listing them. "
             f"Download them from {CWRU_SOURCE_URL}."
         )
@@ -150,7 +151,7 @@ def load_cwru(
 def _expected_files_text() -> str:
     numbers = sorted(CWRU_RECORDS, key=int)
     return (
-        f"{numbers[0]}.mat to {numbers[-1]}.mat, {len(numbers)} files, named like 105.mat "
+        f"{numbers[0]}.mat to {numbers[-1]}.mat, up to {len(numbers)} files, named like 105.mat "
         f"or 12k_Drive_End_IR007_0_105.mat"
     )
 
