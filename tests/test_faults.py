@@ -41,6 +41,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 N_SHOT = 3
 OUTAGES = 3
+# Seconds the broker stays down in each outage.
+OUTAGE_S = 10.0
 
 
 @pytest.fixture
@@ -145,7 +147,7 @@ def test_broker_restarts_during_replay(
         assert agent.wait_for_log("subscribed to", 60, count=outage + 1)
         time.sleep(2.0)  # let the line play before the next outage
         broker.stop()
-        time.sleep(3.0)  # the outage itself
+        time.sleep(OUTAGE_S)
         broker.start()
     assert agent.wait_for_log("subscribed to", 60, count=OUTAGES + 1)
 
@@ -154,7 +156,7 @@ def test_broker_restarts_during_replay(
     # Under load mosquitto may accept a reconnect while it shuts down, so an outage
     # can take two reconnects; every one must find the session kept.
     reconnects = log_text.count("session present: True")
-    print_numbers(capsys, "broker restarts", report, outages_survived=OUTAGES, reconnects=reconnects)
+    print_numbers(capsys, "broker restarts", report, outages_survived=OUTAGES, outage_s=OUTAGE_S, reconnects=reconnects)
     assert reconnects >= OUTAGES
     assert "session present: False" not in log_text.split(READY_LINE, 1)[1]
     assert log_text.count("subscribed to") == reconnects + 1
