@@ -220,7 +220,7 @@ def publish_label(
             )
         if int(outcome.get("labels_applied", 0)) <= applied_before:
             raise LabelNotApplied(
-                f"label {label!r} published on {topic}, but agent {agent_id!r} holds no window of "
+                f"label {label!r} published on {topic}, but agent {agent_id!r} has no window of "
                 f"{line}/{asset} between the start and the end, so it learned nothing. Check the asset "
                 "name and the times (the agent keeps the last window.retain_s seconds of each stream)"
             )

@@ -157,7 +157,7 @@ def test_label_without_windows_exits_1(running_agent, capsys: pytest.CaptureFixt
     ])
     err = capsys.readouterr().err
     assert code == 1
-    assert "holds no window of bench/no-such-asset" in err
+    assert "has no window of bench/no-such-asset" in err
     assert agent.counters.get("labels_applied") == 0
     assert agent.counters.get("labels_without_windows") == 1
 
