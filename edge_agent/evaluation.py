@@ -11,7 +11,7 @@ episodes, with a 95% confidence interval of 1.96 standard errors.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,8 +105,9 @@ def run_episodes(
     seed: int,
     algorithm: str = "",
     method_name: str = "meta",
+    on_episode: Callable[[], None] | None = None,
 ) -> SettingResult:
-    """Score `method` on `episodes` episodes drawn with `seed` from `pools`."""
+    """Score `method` on `episodes` episodes drawn with `seed` from `pools`; `on_episode` runs after each."""
     classes = pools.classes
     if not 2 <= n_way <= len(classes):
         raise ValueError(f"n_way must be between 2 and {len(classes)} (the test classes), got {n_way}")
@@ -122,6 +123,8 @@ def run_episodes(
         accuracies.append(accuracy)
         for truth, guess in zip(task.query_labels.tolist(), predicted.tolist()):
             confusion[index[labels[truth]], index[labels[guess]]] += 1
+        if on_episode is not None:
+            on_episode()
 
     values = np.asarray(accuracies)
     standard_error = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
@@ -189,8 +192,18 @@ class EvaluationSettings:
     test_overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def evaluate(paths: Sequence[str | Path], recordings: Sequence[Recording], settings: EvaluationSettings, *, on_result: Any = None) -> dict[str, Any]:
+def evaluate(
+    paths: Sequence[str | Path],
+    recordings: Sequence[Recording],
+    settings: EvaluationSettings,
+    *,
+    on_result: Any = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Evaluate every checkpoint in `paths` (and the baselines) on one scenario.
+
+    `on_result(result)` runs after each setting, `on_progress(done, total)` after each
+    episode, counted over all checkpoints, shots and baselines.
 
     Returns the report: `scenario`, `test_loads`, `classes`, `notes` and `results` (each a
     `SettingResult`). Raises CheckpointError on a leak or when the checkpoints were
@@ -224,6 +237,15 @@ def evaluate(paths: Sequence[str | Path], recordings: Sequence[Recording], setti
         notes.append(f"test-time inner loop of reptile, maml and fomaml overridden: {settings.test_overrides}")
 
     results: list[SettingResult] = []
+    methods_count = len(loaded) + (2 if settings.baselines else 0)
+    total_episodes = methods_count * len(settings.shots) * settings.episodes
+    done_episodes = 0
+
+    def episode_done() -> None:
+        nonlocal done_episodes
+        done_episodes += 1
+        if on_progress is not None:
+            on_progress(done_episodes, total_episodes)
 
     def record(result: SettingResult) -> None:
         results.append(result)
@@ -238,7 +260,8 @@ def evaluate(paths: Sequence[str | Path], recordings: Sequence[Recording], setti
         learner = make_learner(algorithm, model, steps=1, **options)
         for n_shot in settings.shots:
             record(run_episodes(learner, pools, n_way=n_way, n_shot=n_shot, n_query=settings.n_query,
-                                episodes=settings.episodes, seed=settings.seed, algorithm=algorithm))
+                                episodes=settings.episodes, seed=settings.seed, algorithm=algorithm,
+                                on_episode=episode_done))
 
     if settings.baselines:
         architecture = dict(first_metadata["architecture"])
@@ -250,7 +273,8 @@ def evaluate(paths: Sequence[str | Path], recordings: Sequence[Recording], setti
         for name, method in methods:
             for n_shot in settings.shots:
                 record(run_episodes(method, pools, n_way=n_way, n_shot=n_shot, n_query=settings.n_query,
-                                    episodes=settings.episodes, seed=settings.seed, algorithm="baseline", method_name=name))
+                                    episodes=settings.episodes, seed=settings.seed, algorithm="baseline", method_name=name,
+                                    on_episode=episode_done))
 
     return {
         "scenario": settings.scenario,

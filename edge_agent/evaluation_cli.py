@@ -64,6 +64,19 @@ def scenario_recordings(args: argparse.Namespace, recordings: list[Any]) -> tupl
     return source, description
 
 
+def _episode_bar(enabled: bool) -> Any:
+    """Return a rich progress bar over all episodes on a terminal, else None."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
@@ -82,15 +95,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         },
     )
 
-    def show_progress(result: Any) -> None:
+    bar = _episode_bar(enabled=not args.json)
+
+    def show_result(result: Any) -> None:
         if not args.json:
-            print(f"  {result.algorithm} {result.method} {result.n_way}-way {result.n_shot}-shot: "
-                  f"{100 * result.accuracy:.2f}% +- {100 * result.ci95:.2f}", file=sys.stderr)
+            line = (f"  {result.algorithm} {result.method} {result.n_way}-way {result.n_shot}-shot: "
+                    f"{100 * result.accuracy:.2f}% +- {100 * result.ci95:.2f}")
+            if bar is not None:
+                bar.console.print(line)
+            else:
+                print(line, file=sys.stderr)
+
+    def show_progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(bar.task_ids[0], completed=done, total=total)
 
     try:
-        report = evaluate(args.checkpoint, recordings, settings, on_result=show_progress)
+        if bar is not None:
+            bar.add_task("episodes", total=None)
+            bar.start()
+        report = evaluate(args.checkpoint, recordings, settings, on_result=show_result, on_progress=show_progress)
     except ValueError as exc:
         raise EdgeAgentError(f"invalid evaluation settings: {exc}") from exc
+    finally:
+        if bar is not None:
+            bar.stop()
     if args.plots:
         from edge_agent.evaluation_plots import write_plots
 
