@@ -233,6 +233,13 @@ def evaluate(
     )
     n_way = len(pools.classes) if settings.n_way is None else settings.n_way
     notes = _scenario_notes(settings.scenario, target, source_loads, pools.classes, window_size)
+    simulated = [path for path, _, metadata in loaded if metadata.get("dataset") == "simulated"]
+    if simulated:
+        # The scenario's source side describes CWRU training; such a checkpoint saw none of it.
+        notes.append(
+            f"{', '.join(simulated)}: meta-trained on simulated bearings only (no CWRU recording, "
+            "but simulated faults of every location, ball faults included)"
+        )
     if settings.test_overrides:
         notes.append(f"test-time inner loop of reptile, maml and fomaml overridden: {settings.test_overrides}")
 
