@@ -296,7 +296,8 @@ class WindowConfig(_Section):
     retain_s: float = _field(
         600.0,
         "Stream time of windows kept per asset, so that a label arriving late can "
-        "still find its windows.",
+        "still find its windows. They are kept in memory: 4 * size bytes per window, "
+        "about 55 MiB per asset for 600 s at 12 kHz with size 2048 and hop 1024.",
         unit="s",
         ge=1,
         le=86400,

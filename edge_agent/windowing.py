@@ -330,6 +330,9 @@ class WindowAssembler:
         self.counters.windows += 1
         return window
 
+    # NOTE: retained windows are full copies, so overlapping windows store their shared
+    # samples twice (2x at hop = size / 2). A ring buffer of raw samples per stream would
+    # halve the memory; see window.retain_s for the cost.
     def _retain(self, window: Window) -> None:
         retained = self._retained.setdefault(window.stream, collections.deque())
         # A new run may start before the retained windows when the sender's clock jumps
