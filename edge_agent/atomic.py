@@ -1,6 +1,6 @@
 """Crash-safe file replacement: temporary file, fsync, rename, fsync of the folder.
 
-After a crash or power loss at any point, `path` holds either its old content or the
+After a crash or power loss at any point, `path` contains either its old content or the
 complete new content, never a mix.
 """
 

@@ -68,7 +68,7 @@ def save_checkpoint(path: str | Path, model: EmbeddingNet, metadata: Mapping[str
     old or the new checkpoint. The stored metadata adds `weights_sha256`, `embedding_dim`,
     `package_version`, `format_version` and (when absent) `created_utc` to `metadata`.
 
-    Raises ValueError when `metadata` lacks a required key or holds a value that is not a
+    Raises ValueError when `metadata` lacks a required key or contains a value that is not a
     plain type (str, int, float, bool, None, list, tuple or dict with str keys).
     """
     path = Path(path)

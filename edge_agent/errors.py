@@ -28,8 +28,8 @@ class ConfigError(EdgeAgentError):
 class PayloadError(EdgeAgentError):
     """A malformed or unusable MQTT payload.
 
-    `reason` is a short stable code (for counters and rejection records), the message
-    says what was wrong in words.
+    `reason` is a short stable code (for counters and rejection records), and the
+    message describes the problem in words.
     """
 
     def __init__(self, reason: str, message: str) -> None:

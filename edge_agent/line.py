@@ -2,9 +2,9 @@
 
 Every recording is cut into consecutive, non-overlapping segments. The segments of
 all recordings are shuffled with a seed and dealt to the assets, so the class
-cannot be read from the asset id or from the time. Each asset plays its segments back to back
-in stream time with a gap of `gap_s` between them; the agent starts a new window
-after every gap, so no window spans two segments.
+cannot be read from the asset id or from the time. Each asset plays its segments
+back to back in stream time with a gap of `gap_s` between them. The agent starts a
+new window after every gap, so no window spans two segments.
 
 The plan also fixes the few-shot protocol: for each class, the first `n_shot`
 windows of its earliest segment are labelled, and every window of that class that

@@ -1,4 +1,4 @@
-"""What a technician does from a shell: read an agent's status, publish a label.
+"""Technician commands from a shell: read an agent's status, publish a label.
 
 Both connect as short-lived MQTT clients. `read_status` waits for the agent's
 retained status record. `publish_label` sends one label with QoS 1, and can wait
@@ -110,6 +110,7 @@ def format_status(record: dict[str, Any]) -> str:
         f"window            {window.get('size', '?')} samples, hop {window.get('hop', '?')}, {window.get('sample_rate_hz', '?')} Hz",
         f"labels applied    {record.get('labels_applied', 0)}",
     ]
+
     classes = record.get("classes", {})
     ready = set(record.get("ready_classes", []))
     if classes:
@@ -118,12 +119,14 @@ def format_status(record: dict[str, Any]) -> str:
             lines.append(f"  {name:<24}{count:>6}{'' if name in ready else '  (too few to diagnose)'}")
     else:
         lines.append("classes           none yet; publish labels with 'edge-agent label'")
+
     connection = record.get("connection", {})
     if connection:
         lines.append(f"broker link       {connection.get('connects', 0)} connects, {connection.get('disconnects', 0)} disconnects")
     outbox = record.get("outbox", {})
     if outbox:
         lines.append(f"outbox            {outbox.get('pending', 0)} diagnoses pending, {outbox.get('dropped', 0)} dropped")
+
     counters = dict(record.get("counters", {}))
     if counters:
         lines.append("counters")

@@ -116,7 +116,7 @@ class Reloader:
         self.rejections = 0
 
     def reload(self) -> ReloadResult:
-        """Validate the file and apply what changed; never raises for a bad file."""
+        """Validate the file and apply what changed; a bad or missing file is rejected, not raised."""
         result = self._reload()
         self.last = result
         if result.outcome == "rejected":

@@ -11,7 +11,7 @@ exponential backoff (`reconnect_min_s` doubling up to `reconnect_max_s`).
 Acknowledgements are manual: a QoS 1 message is acknowledged by `ack()` once the
 worker has processed it (for a label, once its windows are committed to SQLite). A
 message still unacknowledged when the connection drops is redelivered by the broker
-when a session is kept; its stale packet id is never acknowledged on the new
+when a session is kept. Its stale packet id is never acknowledged on the new
 connection, because packet ids are only unique within one connection.
 """
 
@@ -46,7 +46,7 @@ class Will:
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    """Where and how to connect; built from the `mqtt` config section."""
+    """Broker address, identity and session settings, built from the `mqtt` config section."""
 
     host: str
     port: int
